@@ -1,0 +1,72 @@
+//! The crate's top-level error: every module's error, grouped by category.
+//!
+//! Categories decide the process exit code and, in the service, the HTTP
+//! status. Modules keep their own `thiserror` enums; this type only wraps
+//! them, so no error is ever flattened into a string.
+
+use crate::generate::GenerateError;
+use crate::import::ImportError;
+use crate::record_key::SecretError;
+use crate::warehouse::SnapshotError;
+
+/// What kind of failure this is, from the caller's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCategory {
+    /// The caller gave bad input (arguments, files, values): fix and retry.
+    Usage,
+    /// Input data failed validation (an import with bad rows).
+    InvalidData,
+    /// A snapshot on disk is damaged or does not match its manifest.
+    Integrity,
+    /// The environment failed (disk, permissions).
+    Io,
+}
+
+impl ErrorCategory {
+    /// Process exit code for the command line.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorCategory::Usage => 2,
+            ErrorCategory::InvalidData => 3,
+            ErrorCategory::Integrity => 4,
+            ErrorCategory::Io => 5,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+}
+
+fn snapshot_category(e: &SnapshotError) -> ErrorCategory {
+    use SnapshotError as S;
+    match e {
+        S::NotFound { .. }
+        | S::OutputExists { .. }
+        | S::BadId { .. }
+        | S::ManifestMissing { .. } => ErrorCategory::Usage,
+        S::Io { .. } => ErrorCategory::Io,
+        _ => ErrorCategory::Integrity,
+    }
+}
+
+impl Error {
+    pub fn category(&self) -> ErrorCategory {
+        match self {
+            Error::Snapshot(e) => snapshot_category(e),
+            Error::Generate(GenerateError::Snapshot(e)) => snapshot_category(e),
+            Error::Generate(_) => ErrorCategory::Usage,
+            Error::Import(e) => e.category(),
+            Error::Secret(SecretError::Read { .. }) => ErrorCategory::Io,
+            Error::Secret(_) => ErrorCategory::Usage,
+        }
+    }
+}

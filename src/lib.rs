@@ -1,0 +1,20 @@
+//! agregat: aggregate-only statistics over the Indonesian population
+//! register (UU 24/2013 Pasal 58 ayat 3).
+//!
+//! The modules follow the data flow. This crate currently holds the
+//! warehouse layer:
+//!
+//! - [`catalog`]: the 31 elements, their classes, code lists and regions;
+//! - [`record_key`]: the keyed hash of the NIK behind the cell-key method;
+//! - [`warehouse`]: snapshot layout, Parquet writing and verified opening;
+//! - [`generate`]: realistic synthetic snapshots;
+//! - [`import`]: strict import of the register's CSV export.
+
+pub mod catalog;
+pub mod error;
+pub mod generate;
+pub mod import;
+pub mod record_key;
+pub mod warehouse;
+
+pub use error::{Error, ErrorCategory};

@@ -1,0 +1,152 @@
+//! The `agregat` command line: a thin shell over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use agregat::generate::{GenerateOptions, generate};
+use agregat::record_key::RecordKeySecret;
+use agregat::warehouse::{Snapshot, Verify};
+
+#[derive(Parser)]
+#[command(
+    name = "agregat",
+    version,
+    about = "Aggregate-only statistics over the population register (UU 24/2013 Pasal 58 ayat 3)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a synthetic snapshot.
+    Generate {
+        /// Kemendagri code prefix (61.71, 61, 61.71.01) or 'all'.
+        #[arg(long)]
+        region: String,
+        /// Total people (default: the Dec 2024 reference population of the region).
+        #[arg(long)]
+        people: Option<u64>,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Reference date (tanggal_data), YYYY-MM-DD.
+        #[arg(long)]
+        as_of: chrono::NaiveDate,
+        /// Snapshot directory to create, e.g. data/warehouse/dkb-2026-s1.
+        #[arg(long)]
+        out: PathBuf,
+        /// Record-key secret file (else $AGREGAT_RECORD_KEY_SECRET).
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+        /// Rows per Parquet row group.
+        #[arg(long, default_value_t = agregat::warehouse::writer::DEFAULT_ROWS_PER_ROW_GROUP)]
+        rows_per_row_group: usize,
+    },
+    /// Import the register's CSV export into a snapshot (strict validation).
+    Import {
+        #[arg(long)]
+        csv: PathBuf,
+        #[arg(long)]
+        as_of: chrono::NaiveDate,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+        /// Mark the snapshot as synthetic (test exports); default production.
+        #[arg(long)]
+        synthetic: bool,
+    },
+    /// Snapshot maintenance.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Verify a snapshot (sizes, SHA-256, schemas) and print a summary.
+    Verify { dir: PathBuf },
+}
+
+fn run(cli: Cli) -> Result<(), agregat::Error> {
+    match cli.command {
+        Command::Generate {
+            region,
+            people,
+            seed,
+            as_of,
+            out,
+            secret_file,
+            rows_per_row_group,
+        } => {
+            let secret = RecordKeySecret::load(secret_file.as_deref())?;
+            let mut opts = GenerateOptions::new(&region, people, seed, as_of, out.clone());
+            opts.rows_per_row_group = rows_per_row_group;
+            opts.progress = true;
+            let started = std::time::Instant::now();
+            let m = generate(&opts, &secret)?;
+            let secs = started.elapsed().as_secs_f64();
+            eprintln!(
+                "wrote snapshot '{}' to {}: {} people in {} files, {:.1} s ({:.0} rows/s)",
+                m.id,
+                out.display(),
+                m.row_count,
+                m.files.len(),
+                secs,
+                m.row_count as f64 / secs
+            );
+        }
+        Command::Import {
+            csv,
+            as_of,
+            out,
+            secret_file,
+            synthetic,
+        } => {
+            let secret = RecordKeySecret::load(secret_file.as_deref())?;
+            let m = agregat::import::import_csv(&csv, as_of, &out, &secret, synthetic)?;
+            eprintln!(
+                "imported {} people from {} into snapshot '{}' at {}",
+                m.row_count,
+                csv.display(),
+                m.id,
+                out.display()
+            );
+        }
+        Command::Snapshot {
+            command: SnapshotCommand::Verify { dir },
+        } => {
+            let s = Snapshot::open(&dir, Verify::Full)?;
+            let m = &s.manifest;
+            println!(
+                "snapshot '{}' OK: tanggal_data {}, {} rows, {} files, coverage {}, {}",
+                m.id,
+                m.tanggal_data,
+                m.row_count,
+                m.files.len(),
+                m.coverage.join(","),
+                if m.synthetic {
+                    "synthetic"
+                } else {
+                    "production"
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.category().exit_code() as u8)
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! The warehouse: snapshot directories of Parquet files and their manifests.
+//!
+//! ```text
+//! <warehouse>/<snapshot-id>/
+//!   manifest.json                         id, tanggal_data, files + SHA-256
+//!   penduduk/kode_kab=61.71/part-0000.parquet   hive-partitioned by kab/kota
+//!   referensi/wilayah.parquet             regions touched by the coverage
+//!   referensi/kode_referensi.parquet      all public code lists (long form)
+//! ```
+//!
+//! This module owns the layout, writing ([`writer`]) and opening with
+//! verification ([`Snapshot::open`]): a missing, resized, altered, unlisted
+//! or schema-drifted file is an error that names the file.
+
+pub mod manifest;
+pub mod writer;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::error::ArrowError;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::errors::ParquetError;
+use rayon::prelude::*;
+
+pub use manifest::{FileEntry, Manifest, Provenance, RecordKeyInfo};
+pub use writer::{PartitionWriter, PendudukBuilder, PersonRow, SnapshotWriter};
+
+use crate::catalog::{self, RegionScope};
+
+pub const MANIFEST: &str = "manifest.json";
+pub const PENDUDUK_DIR: &str = "penduduk";
+pub const REFERENCE_DIR: &str = "referensi";
+/// Record-key algorithm name written into manifests.
+pub const RECORD_KEY_ALGORITHM: &str = "hmac-sha256-u64be";
+
+/// Errors opening, verifying or writing a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(
+        "snapshot directory '{dir}' does not exist; list the warehouse directory to see available snapshots"
+    )]
+    NotFound { dir: PathBuf },
+    #[error(
+        "'{dir}' has no manifest.json, so it is not a snapshot; create snapshots with `agregat generate` or `agregat import`"
+    )]
+    ManifestMissing { dir: PathBuf },
+    #[error("manifest '{path}' is invalid: {detail}")]
+    ManifestInvalid { path: PathBuf, detail: String },
+    #[error(
+        "manifest '{path}' has schema version {found}, this agregat reads version {expected}; rebuild the snapshot with this version"
+    )]
+    SchemaVersion {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+    #[error("snapshot file '{file}' listed in the manifest is missing")]
+    FileMissing { file: String },
+    #[error(
+        "snapshot file '{file}' is {actual} bytes, the manifest says {expected}; the file was truncated or replaced"
+    )]
+    SizeMismatch {
+        file: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error(
+        "snapshot file '{file}' has SHA-256 {actual}, the manifest says {expected}; the file was altered"
+    )]
+    ChecksumMismatch {
+        file: String,
+        expected: String,
+        actual: String,
+    },
+    #[error(
+        "snapshot file '{file}' is not listed in the manifest; remove it, since queries would read it"
+    )]
+    UnlistedFile { file: String },
+    #[error("snapshot file '{file}' does not have the expected schema: {detail}")]
+    SchemaDrift { file: String, detail: String },
+    #[error("snapshot '{id}' holds {actual} rows, the manifest says {expected}")]
+    RowCount {
+        id: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error(
+        "'{path}' already exists; choose a new snapshot directory (snapshots are never overwritten)"
+    )]
+    OutputExists { path: PathBuf },
+    #[error(
+        "'{id}' is not a valid snapshot id; use letters, digits, '-', '_' and '.', e.g. 'dkb-2026-s1'"
+    )]
+    BadId { id: String },
+    #[error("I/O error on '{path}': {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("Parquet error in '{file}': {source}")]
+    Parquet { file: String, source: ParquetError },
+    #[error("Arrow error: {0}")]
+    Arrow(#[from] ArrowError),
+}
+
+impl SnapshotError {
+    pub(crate) fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        SnapshotError::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    pub(crate) fn parquet(file: &str, source: ParquetError) -> Self {
+        SnapshotError::Parquet {
+            file: file.to_string(),
+            source,
+        }
+    }
+}
+
+/// Snapshot ids become directory names and partition values in SQL; keep
+/// them plain.
+pub fn check_id(id: &str) -> Result<(), SnapshotError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(SnapshotError::BadId { id: id.to_string() })
+    }
+}
+
+/// How much of a snapshot to verify on open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// Presence, sizes, SHA-256 of every byte, schemas and row counts.
+    Full,
+    /// Presence, sizes, schemas and row counts; no hashing. For very large
+    /// snapshots that were fully verified when they were installed.
+    Structure,
+}
+
+/// An opened, verified snapshot.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Snapshot {
+    pub fn open(dir: &Path, verify: Verify) -> Result<Snapshot, SnapshotError> {
+        if !dir.is_dir() {
+            return Err(SnapshotError::NotFound {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let mpath = dir.join(MANIFEST);
+        let text = match std::fs::read_to_string(&mpath) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SnapshotError::ManifestMissing {
+                    dir: dir.to_path_buf(),
+                });
+            }
+            Err(e) => return Err(SnapshotError::io(&mpath, e)),
+        };
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|e| SnapshotError::ManifestInvalid {
+                path: mpath.clone(),
+                detail: e.to_string(),
+            })?;
+        if manifest.schema_version != catalog::SCHEMA_VERSION {
+            return Err(SnapshotError::SchemaVersion {
+                path: mpath,
+                found: manifest.schema_version,
+                expected: catalog::SCHEMA_VERSION,
+            });
+        }
+        check_id(&manifest.id)?;
+        let snap = Snapshot {
+            dir: dir.to_path_buf(),
+            manifest,
+        };
+        snap.verify(verify)?;
+        Ok(snap)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.manifest.id
+    }
+
+    pub fn penduduk_dir(&self) -> PathBuf {
+        self.dir.join(PENDUDUK_DIR)
+    }
+
+    pub fn reference_file(&self, table: &str) -> PathBuf {
+        self.dir
+            .join(REFERENCE_DIR)
+            .join(format!("{table}.parquet"))
+    }
+
+    /// The manifest's coverage as a region scope.
+    pub fn coverage(&self) -> RegionScope {
+        if self.manifest.coverage.iter().any(|c| c == "all") {
+            RegionScope::All
+        } else {
+            RegionScope::Prefixes(self.manifest.coverage.clone())
+        }
+    }
+
+    fn verify(&self, verify: Verify) -> Result<(), SnapshotError> {
+        let listed: BTreeSet<&str> = self
+            .manifest
+            .files
+            .iter()
+            .map(|f| f.path.as_str())
+            .collect();
+        for found in list_files(&self.dir)? {
+            if found != MANIFEST && !listed.contains(found.as_str()) {
+                return Err(SnapshotError::UnlistedFile { file: found });
+            }
+        }
+        // Hash in parallel: verification of a large snapshot is I/O and
+        // SHA-256 bound. Report the first failing file in manifest order.
+        let results: Vec<Result<(), SnapshotError>> = self
+            .manifest
+            .files
+            .par_iter()
+            .map(|f| self.verify_file(f, verify))
+            .collect();
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        let rows: u64 = self
+            .manifest
+            .files
+            .iter()
+            .filter(|f| f.path.starts_with(PENDUDUK_DIR))
+            .map(|f| f.rows)
+            .sum();
+        if rows != self.manifest.row_count {
+            return Err(SnapshotError::RowCount {
+                id: self.manifest.id.clone(),
+                expected: self.manifest.row_count,
+                actual: rows,
+            });
+        }
+        Ok(())
+    }
+
+    fn verify_file(&self, f: &FileEntry, verify: Verify) -> Result<(), SnapshotError> {
+        let path = self.dir.join(&f.path);
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SnapshotError::FileMissing {
+                    file: f.path.clone(),
+                });
+            }
+            Err(e) => return Err(SnapshotError::io(&path, e)),
+        };
+        if meta.len() != f.bytes {
+            return Err(SnapshotError::SizeMismatch {
+                file: f.path.clone(),
+                expected: f.bytes,
+                actual: meta.len(),
+            });
+        }
+        if verify == Verify::Full {
+            let actual = sha256_file(&path)?;
+            if actual != f.sha256 {
+                return Err(SnapshotError::ChecksumMismatch {
+                    file: f.path.clone(),
+                    expected: f.sha256.clone(),
+                    actual,
+                });
+            }
+        }
+        self.verify_schema(f)
+    }
+
+    fn verify_schema(&self, f: &FileEntry) -> Result<(), SnapshotError> {
+        let path = self.dir.join(&f.path);
+        let file = std::fs::File::open(&path).map_err(|e| SnapshotError::io(&path, e))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
+            SnapshotError::SchemaDrift {
+                file: f.path.clone(),
+                detail: format!("not a readable Parquet file ({e})"),
+            }
+        })?;
+        let rows = reader.metadata().file_metadata().num_rows() as u64;
+        if rows != f.rows {
+            return Err(SnapshotError::SchemaDrift {
+                file: f.path.clone(),
+                detail: format!("{rows} rows, the manifest says {}", f.rows),
+            });
+        }
+        let expected = if f.path.starts_with(PENDUDUK_DIR) {
+            catalog::penduduk_file_schema()
+        } else if f.path == format!("{REFERENCE_DIR}/wilayah.parquet") {
+            writer::wilayah_schema()
+        } else if f.path == format!("{REFERENCE_DIR}/kode_referensi.parquet") {
+            writer::kode_referensi_schema()
+        } else {
+            return Err(SnapshotError::UnlistedFile {
+                file: f.path.clone(),
+            });
+        };
+        let actual = reader.schema();
+        let names = |s: &datafusion::arrow::datatypes::Schema| {
+            s.fields()
+                .iter()
+                .map(|f| format!("{}:{}", f.name(), f.data_type()))
+                .collect::<Vec<_>>()
+        };
+        let (want, got) = (names(&expected), names(actual));
+        if want != got {
+            let missing: Vec<_> = want.iter().filter(|c| !got.contains(c)).collect();
+            let extra: Vec<_> = got.iter().filter(|c| !want.contains(c)).collect();
+            return Err(SnapshotError::SchemaDrift {
+                file: f.path.clone(),
+                detail: format!(
+                    "expected columns missing or retyped: {missing:?}; unexpected columns: {extra:?}{}",
+                    if missing.is_empty() && extra.is_empty() {
+                        " (column order differs)"
+                    } else {
+                        ""
+                    }
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Relative paths of every file under `dir`, with `/` separators.
+fn list_files(dir: &Path) -> Result<Vec<String>, SnapshotError> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).map_err(|e| SnapshotError::io(&d, e))? {
+            let entry = entry.map_err(|e| SnapshotError::io(&d, e))?;
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(dir).expect("under dir");
+                out.push(
+                    rel.components()
+                        .map(|c| c.as_os_str().to_string_lossy())
+                        .collect::<Vec<_>>()
+                        .join("/"),
+                );
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// SHA-256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String, SnapshotError> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| SnapshotError::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| SnapshotError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The public reference tables stored with a snapshot.
+pub fn reference_tables(scope: &RegionScope) -> Vec<(&'static str, RecordBatch)> {
+    vec![
+        ("kode_referensi", writer::build_kode_referensi()),
+        ("wilayah", writer::build_wilayah(scope)),
+    ]
+}
