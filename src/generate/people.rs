@@ -359,7 +359,10 @@ impl<'a> KecamatanGenerator<'a> {
     fn sex_male(&mut self) -> bool {
         // Free members (children, relatives, singles) carry the kab's sex
         // ratio; couples are balanced by construction.
-        self.rng.random::<f64>() < self.kab.male_share
+        // Calibrated: widowhood and single parenthood add women among
+        // heads and the elderly, so free members lean male by 2.5 points
+        // for the whole population to match the reference sex ratio.
+        self.rng.random::<f64>() < self.kab.male_share + 0.025
     }
 
     /// Generates households in one kelurahan until it holds `plan.people`
@@ -390,10 +393,10 @@ impl<'a> KecamatanGenerator<'a> {
 
     fn household(&mut self) -> Vec<Member> {
         let urban = self.kab.urban;
-        let single_p = if urban { 0.13 } else { 0.09 };
+        let single_p = if urban { 0.095 } else { 0.07 };
         let kind = weighted(
             &mut self.rng,
-            &[(0u8, single_p), (1, 0.10), (2, 0.54), (3, 0.08), (4, 0.16)],
+            &[(0u8, single_p), (1, 0.09), (2, 0.56), (3, 0.08), (4, 0.18)],
         );
         let mut m: Vec<Member> = Vec::with_capacity(6);
         let new = |role, female, birth, marital| Member {
@@ -411,11 +414,13 @@ impl<'a> KecamatanGenerator<'a> {
                 // One person: young workers/students, mid-life, or the elderly.
                 let band = weighted(
                     &mut self.rng,
-                    &[(0u8, if urban { 0.55 } else { 0.40 }), (1, 0.25), (2, 0.30)],
+                    &[(0u8, if urban { 0.6 } else { 0.40 }), (1, 0.2), (2, 0.30)],
                 );
                 let (age, female, marital) = match band {
                     0 => {
-                        let a = self.rng.random_range(19.0..30.0);
+                        // Students and young workers in rooms (kos): the 20-24
+                        // bulge of a city.
+                        let a = triangular(&mut self.rng, 18.5, 21.0, 28.0);
                         (a, self.rng.random::<f64>() < 0.45, Marital::Single)
                     }
                     1 => {
@@ -451,12 +456,12 @@ impl<'a> KecamatanGenerator<'a> {
                 let age = if self.rng.random::<f64>() < 0.45 {
                     self.rng.random_range(22.0..32.0)
                 } else {
-                    triangular(&mut self.rng, 50.0, 60.0, 90.0)
+                    triangular(&mut self.rng, 50.0, 63.0, 92.0)
                 };
                 self.couple(&mut m, age);
             }
             2 | 4 => {
-                let age = triangular(&mut self.rng, 23.0, 36.0, 72.0);
+                let age = triangular(&mut self.rng, 23.0, 37.0, 80.0);
                 self.couple(&mut m, age);
                 self.children(&mut m, 1, Some(0));
                 if kind == 4 {
@@ -550,7 +555,7 @@ impl<'a> KecamatanGenerator<'a> {
         let parent_age = self.age(m[age_ref].birth) as f64;
         let n = weighted(
             &mut self.rng,
-            &[(1u8, 0.28), (2, 0.34), (3, 0.21), (4, 0.11), (5, 0.06)],
+            &[(1u8, 0.28), (2, 0.35), (3, 0.21), (4, 0.10), (5, 0.06)],
         );
         let mut birth_age = self.rng.random_range(20.0..30.0);
         for _ in 0..n {
@@ -562,7 +567,7 @@ impl<'a> KecamatanGenerator<'a> {
             let stay = if child_age < 21.0 {
                 1.0
             } else if child_age < 26.0 {
-                0.55
+                if self.kab.urban { 0.8 } else { 0.55 }
             } else if child_age < 32.0 {
                 0.25
             } else {
@@ -651,7 +656,7 @@ impl<'a> KecamatanGenerator<'a> {
             Role::Relative => {
                 let k = if self.rng.random::<f64>() < 0.3 { 2 } else { 1 };
                 for _ in 0..k {
-                    let age = self.rng.random_range(15.0..30.0);
+                    let age = triangular(&mut self.rng, 15.0, 20.0, 30.0);
                     let female = !self.sex_male();
                     let b = self.birth_for_age(age);
                     m.push(blank(Role::Relative, female, b, Marital::Single));
@@ -675,7 +680,7 @@ impl<'a> KecamatanGenerator<'a> {
                 }
             }
             _ => {
-                let age = self.rng.random_range(18.0..50.0);
+                let age = self.rng.random_range(19.0..50.0);
                 let b = self.birth_for_age(age);
                 m.push(blank(Role::Helper, true, b, Marital::Single));
             }
