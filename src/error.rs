@@ -4,8 +4,10 @@
 //! status. Modules keep their own `thiserror` enums; this type only wraps
 //! them, so no error is ever flattened into a string.
 
+use crate::agreement::AgreementError;
 use crate::generate::GenerateError;
 use crate::import::ImportError;
+use crate::query::RunError;
 use crate::record_key::SecretError;
 use crate::warehouse::SnapshotError;
 
@@ -20,6 +22,14 @@ pub enum ErrorCategory {
     Integrity,
     /// The environment failed (disk, permissions).
     Io,
+    /// The query gate refused the query (malformed, not an aggregate).
+    Rejected,
+    /// The agreement does not allow it (element, Minister's permission).
+    Forbidden,
+    /// A limit was hit (cells, time, memory, size).
+    Limit,
+    /// A failure that is not the caller's fault.
+    Internal,
 }
 
 impl ErrorCategory {
@@ -30,6 +40,10 @@ impl ErrorCategory {
             ErrorCategory::InvalidData => 3,
             ErrorCategory::Integrity => 4,
             ErrorCategory::Io => 5,
+            ErrorCategory::Rejected => 6,
+            ErrorCategory::Forbidden => 7,
+            ErrorCategory::Limit => 8,
+            ErrorCategory::Internal => 70,
         }
     }
 }
@@ -44,6 +58,14 @@ pub enum Error {
     Import(#[from] ImportError),
     #[error(transparent)]
     Secret(#[from] SecretError),
+    #[error(transparent)]
+    Agreement(#[from] AgreementError),
+    #[error(transparent)]
+    Query(#[from] RunError),
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
+    #[error("runtime I/O failure: {0}")]
+    Runtime(std::io::Error),
 }
 
 fn snapshot_category(e: &SnapshotError) -> ErrorCategory {
@@ -67,6 +89,21 @@ impl Error {
             Error::Import(e) => e.category(),
             Error::Secret(SecretError::Read { .. }) => ErrorCategory::Io,
             Error::Secret(_) => ErrorCategory::Usage,
+            Error::Agreement(_) => ErrorCategory::Usage,
+            Error::Query(RunError::Query(q)) => {
+                use crate::query::Code;
+                match q.code {
+                    c if c.is_forbidden() => ErrorCategory::Forbidden,
+                    Code::TooManyCells
+                    | Code::TooManyDimensions
+                    | Code::SqlTooLarge
+                    | Code::QueryTimeout
+                    | Code::ResourcesExhausted => ErrorCategory::Limit,
+                    _ => ErrorCategory::Rejected,
+                }
+            }
+            Error::Query(RunError::Engine(_)) | Error::Output(_) => ErrorCategory::Internal,
+            Error::Runtime(_) => ErrorCategory::Io,
         }
     }
 }

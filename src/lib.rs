@@ -1,8 +1,13 @@
 //! agregat: aggregate-only statistics over the Indonesian population
 //! register (UU 24/2013 Pasal 58 ayat 3).
 //!
-//! The modules follow the data flow. This crate currently holds the
-//! warehouse layer:
+//! The modules follow the data flow:
+//!
+//! - [`agreement`]: what one institution (PKS) may ask;
+//! - [`query`]: SQL plan, the aggregate-only gate, execution and the
+//!   complete result grid;
+//!
+//! and underneath, the warehouse layer:
 //!
 //! - [`catalog`]: the 31 elements, their classes, code lists and regions;
 //! - [`record_key`]: the keyed hash of the NIK behind the cell-key method;
@@ -10,10 +15,13 @@
 //! - [`generate`]: realistic synthetic snapshots;
 //! - [`import`]: strict import of the register's CSV export.
 
+pub mod agreement;
 pub mod catalog;
 pub mod error;
 pub mod generate;
 pub mod import;
+pub mod output;
+pub mod query;
 pub mod record_key;
 pub mod warehouse;
 

@@ -59,6 +59,22 @@ enum Command {
         #[arg(long)]
         synthetic: bool,
     },
+    /// Run one aggregate query locally through the full pipeline.
+    Query {
+        /// Snapshot directory.
+        #[arg(long)]
+        snapshot: PathBuf,
+        /// Agreement file (TOML) whose rules apply.
+        #[arg(long)]
+        agreement: PathBuf,
+        #[arg(long)]
+        sql: String,
+        #[arg(long, value_enum, default_value_t = agregat::output::Format::Table)]
+        format: agregat::output::Format,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Snapshot maintenance.
     Snapshot {
         #[command(subcommand)]
@@ -116,6 +132,33 @@ fn run(cli: Cli) -> Result<(), agregat::Error> {
                 m.id,
                 out.display()
             );
+        }
+        Command::Query {
+            snapshot,
+            agreement,
+            sql,
+            format,
+            output,
+        } => {
+            let agreement = agregat::agreement::Agreement::load(&agreement)?;
+            let snap = Snapshot::open(&snapshot, Verify::Full)?;
+            let runtime = tokio::runtime::Runtime::new().map_err(agregat::Error::Runtime)?;
+            let result = runtime.block_on(async {
+                let engine =
+                    agregat::query::Engine::open(snap, agregat::query::EngineConfig::default())
+                        .await?;
+                agregat::query::run_query(&engine, &agreement, &sql).await
+            })?;
+            let bytes = agregat::output::encode(&result, format)?;
+            match output {
+                Some(path) => std::fs::write(&path, bytes).map_err(agregat::Error::Runtime)?,
+                None => {
+                    use std::io::Write;
+                    std::io::stdout()
+                        .write_all(&bytes)
+                        .map_err(agregat::Error::Runtime)?;
+                }
+            }
         }
         Command::Snapshot {
             command: SnapshotCommand::Verify { dir },

@@ -1,0 +1,103 @@
+//! The DataFusion session of one snapshot: `penduduk` as a listing table over
+//! its hive-partitioned Parquet, the public reference tables, the coarsening
+//! functions, and the resource limits (memory pool, partitions, timeout).
+
+use std::time::Duration;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+
+use super::error::EngineError;
+use super::udf::coarsening_udfs;
+use crate::catalog;
+use crate::generate::date_to_days;
+use crate::warehouse::{PENDUDUK_DIR, Snapshot};
+
+/// Names of the public reference tables a query may join.
+pub const REFERENCE_TABLES: &[&str] = &["wilayah", "kode_referensi"];
+pub const PENDUDUK: &str = "penduduk";
+
+/// Resource limits of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Memory pool for all queries on this snapshot.
+    pub memory_limit_bytes: usize,
+    /// Parallelism of scans and aggregations.
+    pub target_partitions: usize,
+    /// Upper bound for one query; an agreement may set a lower one.
+    pub query_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            memory_limit_bytes: 2 << 30,
+            target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            query_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One snapshot, ready to query.
+pub struct Engine {
+    snapshot: Snapshot,
+    ctx: SessionContext,
+    config: EngineConfig,
+}
+
+impl Engine {
+    pub async fn open(snapshot: Snapshot, config: EngineConfig) -> Result<Engine, EngineError> {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(config.memory_limit_bytes, 1.0)
+            .build_arc()?;
+        let session = SessionConfig::new()
+            .with_target_partitions(config.target_partitions.max(1))
+            .with_information_schema(false)
+            .with_collect_statistics(true);
+        let ctx = SessionContext::new_with_config_rt(session, runtime);
+        for udf in coarsening_udfs(date_to_days(snapshot.manifest.tanggal_data)) {
+            ctx.register_udf(udf);
+        }
+        let schema = catalog::penduduk_file_schema();
+        let opts = ParquetReadOptions::default()
+            .schema(&schema)
+            .table_partition_cols(vec![(
+                catalog::PARTITION_COLUMN.to_string(),
+                DataType::Utf8,
+            )]);
+        let dir = snapshot.dir.join(PENDUDUK_DIR);
+        ctx.register_parquet(PENDUDUK, format!("{}/", dir.display()), opts)
+            .await?;
+        for t in REFERENCE_TABLES {
+            ctx.register_parquet(
+                *t,
+                snapshot.reference_file(t).display().to_string(),
+                ParquetReadOptions::default(),
+            )
+            .await?;
+        }
+        Ok(Engine {
+            snapshot,
+            ctx,
+            config,
+        })
+    }
+
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The snapshot's reference date as Date32 days.
+    pub fn as_of_days(&self) -> i32 {
+        date_to_days(self.snapshot.manifest.tanggal_data)
+    }
+}

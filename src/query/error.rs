@@ -1,0 +1,225 @@
+//! Query errors. Every rejection carries a stable code (`identifier_in_output`,
+//! `element_not_permitted`, …) and a message that names the offending column
+//! or function and says what would be accepted instead.
+
+use std::fmt;
+
+/// Stable rejection codes. The string form is part of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Code {
+    ParseError,
+    PlanError,
+    MultipleStatements,
+    StatementNotAllowed,
+    NotAnAggregate,
+    TableNotAllowed,
+    IdentifierInOutput,
+    IdentifierInGroupBy,
+    IdentifierInPredicate,
+    IdentifierInAggregate,
+    IdentifierInProjection,
+    RecordKeyNotQueryable,
+    DateNotCoarsened,
+    AgeReferenceDatesConflict,
+    AggregateNotAllowed,
+    DistinctNotAllowed,
+    SumNeedsBounds,
+    WindowFunctionNotAllowed,
+    NestedAggregate,
+    SubqueryReadsPenduduk,
+    SetOperationNotAllowed,
+    SelfJoinNotAllowed,
+    JoinNotAllowed,
+    JoinNotOnKey,
+    PlanShapeNotAllowed,
+    VolatileFunctionNotAllowed,
+    FunctionNotAllowed,
+    ValuesNotAllowed,
+    ElementNotPermitted,
+    MinisterPermissionRequired,
+    TooManyDimensions,
+    TooManyCells,
+    SqlTooLarge,
+    QueryTimeout,
+    ResourcesExhausted,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        use Code::*;
+        match self {
+            ParseError => "parse_error",
+            PlanError => "plan_error",
+            MultipleStatements => "multiple_statements",
+            StatementNotAllowed => "statement_not_allowed",
+            NotAnAggregate => "not_an_aggregate",
+            TableNotAllowed => "table_not_allowed",
+            IdentifierInOutput => "identifier_in_output",
+            IdentifierInGroupBy => "identifier_in_group_by",
+            IdentifierInPredicate => "identifier_in_predicate",
+            IdentifierInAggregate => "identifier_in_aggregate",
+            IdentifierInProjection => "identifier_in_projection",
+            RecordKeyNotQueryable => "record_key_not_queryable",
+            DateNotCoarsened => "date_not_coarsened",
+            AgeReferenceDatesConflict => "age_reference_dates_conflict",
+            AggregateNotAllowed => "aggregate_not_allowed",
+            DistinctNotAllowed => "distinct_not_allowed",
+            SumNeedsBounds => "sum_needs_bounds",
+            WindowFunctionNotAllowed => "window_function_not_allowed",
+            NestedAggregate => "nested_aggregate",
+            SubqueryReadsPenduduk => "subquery_reads_penduduk",
+            SetOperationNotAllowed => "set_operation_not_allowed",
+            SelfJoinNotAllowed => "self_join_not_allowed",
+            JoinNotAllowed => "join_not_allowed",
+            JoinNotOnKey => "join_not_on_key",
+            PlanShapeNotAllowed => "plan_shape_not_allowed",
+            VolatileFunctionNotAllowed => "volatile_function_not_allowed",
+            FunctionNotAllowed => "function_not_allowed",
+            ValuesNotAllowed => "values_not_allowed",
+            ElementNotPermitted => "element_not_permitted",
+            MinisterPermissionRequired => "minister_permission_required",
+            TooManyDimensions => "too_many_dimensions",
+            TooManyCells => "too_many_cells",
+            SqlTooLarge => "sql_too_large",
+            QueryTimeout => "query_timeout",
+            ResourcesExhausted => "resources_exhausted",
+        }
+    }
+
+    /// Every code, for documentation and tests.
+    pub fn all() -> &'static [Code] {
+        use Code::*;
+        &[
+            ParseError,
+            PlanError,
+            MultipleStatements,
+            StatementNotAllowed,
+            NotAnAggregate,
+            TableNotAllowed,
+            IdentifierInOutput,
+            IdentifierInGroupBy,
+            IdentifierInPredicate,
+            IdentifierInAggregate,
+            IdentifierInProjection,
+            RecordKeyNotQueryable,
+            DateNotCoarsened,
+            AgeReferenceDatesConflict,
+            AggregateNotAllowed,
+            DistinctNotAllowed,
+            SumNeedsBounds,
+            WindowFunctionNotAllowed,
+            NestedAggregate,
+            SubqueryReadsPenduduk,
+            SetOperationNotAllowed,
+            SelfJoinNotAllowed,
+            JoinNotAllowed,
+            JoinNotOnKey,
+            PlanShapeNotAllowed,
+            VolatileFunctionNotAllowed,
+            FunctionNotAllowed,
+            ValuesNotAllowed,
+            ElementNotPermitted,
+            MinisterPermissionRequired,
+            TooManyDimensions,
+            TooManyCells,
+            SqlTooLarge,
+            QueryTimeout,
+            ResourcesExhausted,
+        ]
+    }
+
+    pub fn parse(s: &str) -> Option<Code> {
+        Code::all().iter().copied().find(|c| c.as_str() == s)
+    }
+
+    /// Forbidden (the agreement does not allow it) rather than malformed.
+    pub fn is_forbidden(self) -> bool {
+        matches!(
+            self,
+            Code::ElementNotPermitted | Code::MinisterPermissionRequired
+        )
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A query the gate refused or could not run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message} [{code}]")]
+pub struct QueryError {
+    pub code: Code,
+    pub message: String,
+}
+
+impl QueryError {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        QueryError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Failures that are not the caller's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("query engine failure: {0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error(transparent)]
+    Snapshot(#[from] crate::warehouse::SnapshotError),
+}
+
+/// What running a query can end in.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl From<datafusion::error::DataFusionError> for RunError {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        RunError::Engine(EngineError::DataFusion(e))
+    }
+}
+
+/// DataFusion's message without its internal prefixes and plan dumps.
+pub fn clean_message(e: &datafusion::error::DataFusionError) -> String {
+    let raw = e.strip_backtrace();
+    let mut s = raw.as_str();
+    for prefix in [
+        "SQL error: ",
+        "Error during planning: ",
+        "Schema error: ",
+        "This feature is not implemented: ",
+        "Execution error: ",
+        "Optimizer rule ",
+    ] {
+        if let Some(rest) = s.strip_prefix(prefix) {
+            s = rest;
+        }
+    }
+    let mut out = s.to_string();
+    if let Some(inner) = out
+        .strip_prefix("ParserError(\"")
+        .and_then(|r| r.strip_suffix("\")"))
+    {
+        out = inner.replace("\\\"", "\"");
+    }
+    if let Some(inner) = out
+        .strip_prefix("TokenizerError(\"")
+        .and_then(|r| r.strip_suffix("\")"))
+    {
+        out = inner.replace("\\\"", "\"");
+    }
+    // Never echo a plan dump.
+    if let Some(i) = out.find("\nLogical plan") {
+        out.truncate(i);
+    }
+    out.lines().next().unwrap_or_default().trim().to_string()
+}

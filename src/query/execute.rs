@@ -1,0 +1,574 @@
+//! Running a validated query: the aggregate under the agreement's scope, the
+//! complete result grid, and the post-plan.
+//!
+//! The grid. Omitting empty groups would leak which groups are empty, so the
+//! result lists every combination of the grouped values' public domains
+//! within scope, with zero for empty cells. The grid is enumerated by
+//! running the *same* aggregate plan over a small domain table that stands in
+//! for `penduduk`: one row per combination of the public domains of the
+//! columns the query uses (region rows at the finest level used within the
+//! scope, code lists, and representative dates at every age and year
+//! boundary). WHERE clauses, CASE expressions, joins with reference tables
+//! and grouping sets therefore shape the grid exactly as they shape the
+//! result, and no cross join over `penduduk` is ever made.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Datelike;
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Date32Builder, Float64Array, Int64Array, RecordBatch, StringBuilder,
+    UInt32Array, UInt64Array,
+};
+use datafusion::arrow::compute::{concat_batches, take};
+use datafusion::arrow::datatypes::{
+    DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, UInt64Type,
+};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::catalog::MemTable;
+use datafusion::common::Column;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::datasource::provider_as_source;
+use datafusion::functions_aggregate::expr_fn::count;
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, TableScan, col, lit};
+
+use super::engine::{Engine, PENDUDUK};
+use super::error::{Code, EngineError, QueryError, RunError, clean_message};
+use super::plan::sql_to_plan;
+use super::udf::MAX_AGE;
+use super::validate::{AggregateKind, ValidatedPlan, validate};
+use crate::agreement::Agreement;
+use crate::catalog::{self, Domain, RegionLevel};
+use crate::generate::{date_to_days, days_to_date};
+
+/// Largest domain table built to enumerate a grid.
+const MAX_DOMAIN_ROWS: u64 = 4_000_000;
+
+/// The answer to a query (before protection in this version).
+#[derive(Debug)]
+pub struct QueryResult {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    /// Cells of the complete aggregate grid (before HAVING/LIMIT).
+    pub cells: usize,
+    pub plan: ValidatedPlan,
+}
+
+impl QueryResult {
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+/// Plans, validates and runs one SQL query for an agreement.
+pub async fn run_query(
+    engine: &Engine,
+    agreement: &Agreement,
+    sql: &str,
+) -> Result<QueryResult, RunError> {
+    let timeout = engine
+        .config()
+        .query_timeout
+        .min(Duration::from_secs(agreement.limits.timeout_seconds.max(1)));
+    match tokio::time::timeout(timeout, run_inner(engine, agreement, sql)).await {
+        Ok(r) => r,
+        Err(_) => Err(QueryError::new(
+            Code::QueryTimeout,
+            format!(
+                "the query did not finish within {} s; narrow the region or use fewer dimensions",
+                timeout.as_secs()
+            ),
+        )
+        .into()),
+    }
+}
+
+async fn run_inner(
+    engine: &Engine,
+    agreement: &Agreement,
+    sql: &str,
+) -> Result<QueryResult, RunError> {
+    let plan = sql_to_plan(engine, sql, agreement.limits.max_sql_bytes).await?;
+    let (validated, unique_checks) = validate(&plan, agreement, engine.as_of_days())?;
+    for (ref_plan, keys) in unique_checks {
+        check_unique(engine, ref_plan, keys).await?;
+    }
+    let grid = grid(engine, &validated, agreement).await?;
+    if grid.num_rows() > agreement.limits.max_cells {
+        return Err(QueryError::new(
+            Code::TooManyCells,
+            format!(
+                "the result grid has {} cells; this agreement allows at most {}; use coarser dimensions (kecamatan instead of kelurahan, 5-year age groups instead of single years)",
+                grid.num_rows(),
+                agreement.limits.max_cells
+            ),
+        )
+        .into());
+    }
+    let aggregate = validated.aggregate().clone();
+    let found = collect(engine, aggregate).await?;
+    let table = complete(&grid, &found, &validated)?;
+    let cells = table.num_rows();
+
+    // ---- Protection slots in here: `table` holds true values and must be
+    // ---- turned into released values before the post-plan reads it.
+
+    let (schema, batches) = post_plan(engine, &validated, table).await?;
+    Ok(QueryResult {
+        schema,
+        batches,
+        cells,
+        plan: validated,
+    })
+}
+
+async fn collect(engine: &Engine, plan: LogicalPlan) -> Result<RecordBatch, RunError> {
+    let df = engine
+        .context()
+        .execute_logical_plan(plan)
+        .await
+        .map_err(map_df)?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await.map_err(map_df)?;
+    Ok(concat_batches(&schema, &batches).map_err(|e| EngineError::DataFusion(e.into()))?)
+}
+
+/// Execution errors caused by the query (resources) versus internal ones.
+fn map_df(e: datafusion::error::DataFusionError) -> RunError {
+    use datafusion::error::DataFusionError as D;
+    match e.find_root() {
+        D::ResourcesExhausted(_) => QueryError::new(
+            Code::ResourcesExhausted,
+            "the query needs more memory than this service allows; narrow the region or use fewer dimensions",
+        )
+        .into(),
+        D::Plan(_) | D::SchemaError(..) | D::SQL(..) => QueryError::new(Code::PlanError, clean_message(&e)).into(),
+        _ => RunError::Engine(EngineError::DataFusion(e)),
+    }
+}
+
+/// A join with a reference table must not multiply people.
+async fn check_unique(engine: &Engine, plan: LogicalPlan, keys: Vec<Expr>) -> Result<(), RunError> {
+    let named: Vec<Expr> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| k.clone().alias(format!("k{i}")))
+        .collect();
+    let dup = LogicalPlanBuilder::from(plan)
+        .aggregate(named, vec![count(lit(1)).alias("n")])
+        .and_then(|b| b.filter(col("n").gt(lit(1i64))))
+        .and_then(|b| b.limit(0, Some(1)))
+        .and_then(|b| b.build())
+        .map_err(|e| QueryError::new(Code::PlanError, clean_message(&e)))?;
+    let found = collect(engine, dup).await?;
+    if found.num_rows() > 0 {
+        let keys: Vec<String> = keys.iter().map(|k| k.schema_name().to_string()).collect();
+        return Err(QueryError::new(
+            Code::JoinNotOnKey,
+            format!(
+                "the join key ({}) is not unique in the reference table, so people would be counted more than once; join wilayah on w.kode, or kode_referensi on elemen and kode/label",
+                keys.join(", ")
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Representative dates: every age and year that any date can produce on
+/// the reference dates in play is produced by one of these.
+fn representative_dates(as_of: i32, age_reference: Option<i32>) -> Vec<i32> {
+    let top = days_to_date(as_of)
+        .year()
+        .max(days_to_date(age_reference.unwrap_or(as_of)).year());
+    let cuts: Vec<(u32, u32)> = [Some(as_of), age_reference]
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            let d = days_to_date(d);
+            (d.month(), d.day())
+        })
+        .collect();
+    let mut out = BTreeSet::new();
+    for year in (top - MAX_AGE - 1)..=top {
+        // Only birth dates up to the snapshot date whose ages are in the
+        // public domain on every reference date in play.
+        let in_domain = |x: i32| {
+            x <= as_of
+                && [Some(as_of), age_reference]
+                    .into_iter()
+                    .flatten()
+                    .all(|on| crate::generate::age_on(x, on) <= MAX_AGE)
+        };
+        let mut push = |m: u32, d: u32| {
+            if let Some(x) = chrono::NaiveDate::from_ymd_opt(year, m, d) {
+                for day in [Some(x), x.succ_opt()].into_iter().flatten() {
+                    let day = date_to_days(day);
+                    if in_domain(day) {
+                        out.insert(day);
+                    }
+                }
+            }
+        };
+        push(1, 1);
+        push(12, 30);
+        for &(m, d) in &cuts {
+            push(m, d);
+        }
+        if cuts.iter().any(|&(m, d)| (m, d) == (2, 29)) {
+            push(2, 28);
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// The domain table standing in for `penduduk`: the cross product of the
+/// public domains of the columns the query uses.
+fn domain_table(
+    engine: &Engine,
+    v: &ValidatedPlan,
+    agreement: &Agreement,
+) -> Result<RecordBatch, RunError> {
+    let regions = catalog::regions();
+    let scope = &agreement.scope;
+    let coverage = engine.snapshot().coverage();
+    let used = &v.elements;
+    // Region rows: the finest level used, each with a consistent chain of
+    // codes (a representative desa below it) so the scope filter holds.
+    let finest = [
+        RegionLevel::DesaKelurahan,
+        RegionLevel::Kecamatan,
+        RegionLevel::KabKota,
+        RegionLevel::Provinsi,
+    ]
+    .into_iter()
+    .find(|l| used.contains(l.column()));
+    let mut region_rows: Vec<[String; 4]> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for desa in regions.at_level(scope, RegionLevel::DesaKelurahan) {
+        if !coverage.covers(&desa.kode) {
+            continue;
+        }
+        let k = &desa.kode;
+        let chain = [
+            k[..2].to_string(),
+            k[..5].to_string(),
+            k[..8].to_string(),
+            k.clone(),
+        ];
+        let key = match finest {
+            Some(RegionLevel::DesaKelurahan) => chain[3].clone(),
+            Some(RegionLevel::Kecamatan) => chain[2].clone(),
+            Some(RegionLevel::KabKota) => chain[1].clone(),
+            Some(RegionLevel::Provinsi) => chain[0].clone(),
+            None => String::new(),
+        };
+        if seen.insert(key) {
+            region_rows.push(chain);
+            if finest.is_none() {
+                break;
+            }
+        }
+    }
+    // Other columns: their domains if used, a single placeholder otherwise.
+    let as_of = engine.as_of_days();
+    let dates = representative_dates(as_of, v.age_reference);
+    #[derive(Clone)]
+    enum Values {
+        Text(Vec<Option<String>>),
+        Dates(Vec<Option<i32>>),
+        Key,
+    }
+    let mut columns: Vec<(&catalog::Column, Values)> = Vec::new();
+    for c in catalog::COLUMNS {
+        let values = if matches!(c.domain, Domain::Region { .. }) {
+            continue;
+        } else if c.class == catalog::ColumnClass::RecordKey {
+            Values::Key
+        } else if !used.contains(c.name) {
+            match c.ty {
+                catalog::ColumnType::Date32 => Values::Dates(vec![Some(0)]),
+                _ => Values::Text(vec![Some(String::new())]),
+            }
+        } else {
+            match c.domain {
+                Domain::CodeList { list } => Values::Text(
+                    catalog::code_list(list)
+                        .expect("catalog lists exist")
+                        .labels()
+                        .map(|l| Some(l.to_string()))
+                        .collect(),
+                ),
+                Domain::Numbered { width, max } => Values::Text(
+                    (1..=max)
+                        .map(|n| Some(format!("{n:0width$}", width = width as usize)))
+                        .collect(),
+                ),
+                Domain::Dates => {
+                    let mut d: Vec<Option<i32>> = dates.iter().copied().map(Some).collect();
+                    if c.nullable {
+                        d.push(None);
+                    }
+                    Values::Dates(d)
+                }
+                // COUNT(DISTINCT no_kk) and similar: a placeholder suffices.
+                Domain::None | Domain::Region { .. } => Values::Text(vec![Some(String::new())]),
+            }
+        };
+        columns.push((c, values));
+    }
+    let size = |v: &Values| match v {
+        Values::Text(x) => x.len() as u64,
+        Values::Dates(x) => x.len() as u64,
+        Values::Key => 1,
+    };
+    let total: u64 = columns
+        .iter()
+        .map(|(_, v)| size(v))
+        .product::<u64>()
+        .saturating_mul(region_rows.len().max(1) as u64);
+    if total > MAX_DOMAIN_ROWS {
+        return Err(QueryError::new(
+            Code::TooManyCells,
+            format!(
+                "the combinations of the dimensions used ({total}) exceed what one query may cover; use coarser dimensions or a smaller region"
+            ),
+        )
+        .into());
+    }
+    let n = total as usize;
+    // Mixed-radix enumeration of the cross product.
+    let mut radices: Vec<u64> = vec![region_rows.len().max(1) as u64];
+    radices.extend(columns.iter().map(|(_, v)| size(v)));
+    let digit = |row: usize, pos: usize| -> usize {
+        let mut r = row as u64;
+        for &b in &radices[pos + 1..] {
+            r /= b;
+        }
+        (r % radices[pos]) as usize
+    };
+    let schema = penduduk_table_schema();
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    let mut col_pos = 0;
+    for field in schema.fields() {
+        let name = field.name().as_str();
+        if let Some(level) = [
+            RegionLevel::Provinsi,
+            RegionLevel::KabKota,
+            RegionLevel::Kecamatan,
+            RegionLevel::DesaKelurahan,
+        ]
+        .into_iter()
+        .find(|l| l.column() == name)
+        {
+            let idx = level as usize;
+            let mut b = StringBuilder::new();
+            for row in 0..n {
+                b.append_value(&region_rows[digit(row, 0)][idx]);
+            }
+            arrays.push(Arc::new(b.finish()));
+            continue;
+        }
+        col_pos += 1;
+        let (_, values) = &columns[col_pos - 1];
+        match values {
+            Values::Text(vals) => {
+                let mut b = StringBuilder::new();
+                for row in 0..n {
+                    b.append_option(vals[digit(row, col_pos)].as_deref());
+                }
+                arrays.push(Arc::new(b.finish()));
+            }
+            Values::Dates(vals) => {
+                let mut b = Date32Builder::new();
+                for row in 0..n {
+                    b.append_option(vals[digit(row, col_pos)]);
+                }
+                arrays.push(Arc::new(b.finish()));
+            }
+            Values::Key => arrays.push(Arc::new(UInt64Array::from(vec![0u64; n]))),
+        }
+    }
+    RecordBatch::try_new(schema, arrays).map_err(|e| EngineError::DataFusion(e.into()).into())
+}
+
+/// Schema of the `penduduk` table (files plus partition column), nullable so
+/// that the domain table can hold NULL dates.
+fn penduduk_table_schema() -> SchemaRef {
+    Arc::new(Schema::new(
+        catalog::table_columns()
+            .map(|c| Field::new(c.name, c.ty.arrow(), true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// Replaces the `penduduk` scan's source in a plan.
+fn with_penduduk_source(plan: &LogicalPlan, table: Arc<MemTable>) -> Result<LogicalPlan, RunError> {
+    let source = provider_as_source(table);
+    plan.clone()
+        .transform_up(|p| match p {
+            LogicalPlan::TableScan(t) if t.table_name.table() == PENDUDUK => {
+                let scan = TableScan {
+                    source: Arc::clone(&source),
+                    ..t
+                };
+                Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
+            }
+            other => Ok(Transformed::no(other)),
+        })
+        .map(|t| t.data)
+        .map_err(|e| EngineError::DataFusion(e).into())
+}
+
+/// Every cell of the result: the aggregate's key columns over the domain.
+async fn grid(
+    engine: &Engine,
+    v: &ValidatedPlan,
+    agreement: &Agreement,
+) -> Result<RecordBatch, RunError> {
+    let domain = domain_table(engine, v, agreement)?;
+    let mem =
+        MemTable::try_new(domain.schema(), vec![vec![domain]]).map_err(EngineError::DataFusion)?;
+    let plan = with_penduduk_source(v.aggregate(), Arc::new(mem))?;
+    collect(engine, plan).await
+}
+
+fn key_columns(v: &ValidatedPlan, batch: &RecordBatch) -> usize {
+    batch.num_columns() - v.aggregates.len()
+}
+
+/// The grid with the aggregate's values filled in, zero for empty cells.
+fn complete(
+    grid: &RecordBatch,
+    found: &RecordBatch,
+    v: &ValidatedPlan,
+) -> Result<RecordBatch, RunError> {
+    let nkeys = key_columns(v, grid);
+    let internal = |m: String| {
+        RunError::Engine(EngineError::DataFusion(
+            datafusion::error::DataFusionError::Internal(m),
+        ))
+    };
+    let fields: Vec<SortField> = grid.columns()[..nkeys]
+        .iter()
+        .map(|c| SortField::new(c.data_type().clone()))
+        .collect();
+    let conv = RowConverter::new(fields).map_err(|e| internal(e.to_string()))?;
+    let grid_rows = conv
+        .convert_columns(&grid.columns()[..nkeys])
+        .map_err(|e| internal(e.to_string()))?;
+    let found_rows = conv
+        .convert_columns(&found.columns()[..nkeys])
+        .map_err(|e| internal(e.to_string()))?;
+    let mut index: HashMap<&[u8], u32> = HashMap::with_capacity(found.num_rows());
+    for i in 0..found.num_rows() {
+        index.insert(found_rows.row(i).data(), i as u32);
+    }
+    let mut hit = 0usize;
+    let take_idx: UInt32Array = (0..grid.num_rows())
+        .map(|i| {
+            let r = index.get(grid_rows.row(i).data()).copied();
+            hit += usize::from(r.is_some());
+            r
+        })
+        .collect();
+    if hit != found.num_rows() {
+        // A result cell outside the public grid: fail closed.
+        return Err(internal(format!(
+            "{} result cells fall outside the public grid",
+            found.num_rows() - hit
+        )));
+    }
+    let mut columns: Vec<ArrayRef> = grid.columns()[..nkeys].to_vec();
+    for (j, kind) in v.aggregates.iter().enumerate() {
+        let src = found.column(nkeys + j);
+        let taken = take(src.as_ref(), &take_idx, None).map_err(|e| internal(e.to_string()))?;
+        let filled: ArrayRef = match (kind, taken.data_type()) {
+            (AggregateKind::Grouping, _) => Arc::clone(grid.column(nkeys + j)),
+            (AggregateKind::Avg { .. }, _) => taken,
+            (_, DataType::Int64) => {
+                let a = taken.as_primitive::<Int64Type>();
+                Arc::new(
+                    a.iter()
+                        .map(|x| Some(x.unwrap_or(0)))
+                        .collect::<Int64Array>(),
+                )
+            }
+            (_, DataType::UInt64) => {
+                let a = taken.as_primitive::<UInt64Type>();
+                Arc::new(
+                    a.iter()
+                        .map(|x| Some(x.unwrap_or(0)))
+                        .collect::<UInt64Array>(),
+                )
+            }
+            (_, DataType::Float64) => {
+                let a = taken.as_primitive::<Float64Type>();
+                Arc::new(
+                    a.iter()
+                        .map(|x| Some(x.unwrap_or(0.0)))
+                        .collect::<Float64Array>(),
+                )
+            }
+            _ => taken,
+        };
+        columns.push(filled);
+    }
+    RecordBatch::try_new(grid.schema(), columns).map_err(|e| internal(e.to_string()))
+}
+
+/// Runs HAVING, ORDER BY, LIMIT and the final projection over the released
+/// table, by replacing the aggregate in the plan with a scan of it.
+async fn post_plan(
+    engine: &Engine,
+    v: &ValidatedPlan,
+    table: RecordBatch,
+) -> Result<(SchemaRef, Vec<RecordBatch>), RunError> {
+    let agg = v.aggregate();
+    let agg_schema = agg.schema();
+    let fields: Vec<Field> = agg_schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Field::new(format!("c{i}"), f.data_type().clone(), true))
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(Arc::clone(&schema), table.columns().to_vec())
+        .map_err(|e| EngineError::DataFusion(e.into()))?;
+    let mem = MemTable::try_new(schema, vec![vec![batch]]).map_err(EngineError::DataFusion)?;
+    let exprs: Vec<Expr> = agg_schema
+        .iter()
+        .enumerate()
+        .map(|(i, (q, f))| {
+            Expr::Column(Column::from_name(format!("c{i}"))).alias_qualified(q.cloned(), f.name())
+        })
+        .collect();
+    let released = LogicalPlanBuilder::scan("__released", provider_as_source(Arc::new(mem)), None)
+        .and_then(|b| b.project(exprs))
+        .and_then(|b| b.build())
+        .map_err(EngineError::DataFusion)?;
+    let mut replaced = false;
+    let plan = v
+        .plan
+        .clone()
+        .transform_down(|p| {
+            if !replaced && matches!(p, LogicalPlan::Aggregate(_)) {
+                replaced = true;
+                return Ok(Transformed::new(
+                    released.clone(),
+                    true,
+                    TreeNodeRecursion::Jump,
+                ));
+            }
+            Ok(Transformed::no(p))
+        })
+        .and_then(|t| {
+            t.data
+                .transform_up(|p| Ok(Transformed::yes(p.recompute_schema()?)))
+        })
+        .map(|t| t.data)
+        .map_err(EngineError::DataFusion)?;
+    let out = collect(engine, plan).await?;
+    Ok((out.schema(), vec![out]))
+}

@@ -1,0 +1,20 @@
+//! The query gate and engine, in data-flow order:
+//!
+//! 1. [`plan`]: SQL text to a read-only DataFusion `LogicalPlan`;
+//! 2. [`validate`]: the plan must be an aggregate over `penduduk` that the
+//!    caller's agreement permits; produces a [`validate::ValidatedPlan`];
+//! 3. [`execute`]: runs the aggregate with the agreement's region scope,
+//!    completes the result grid with zero cells, and hands the table to
+//!    protection before the post-plan (HAVING, ORDER BY, LIMIT) runs.
+
+pub mod engine;
+pub mod error;
+pub mod execute;
+pub mod plan;
+pub mod udf;
+pub mod validate;
+
+pub use engine::{Engine, EngineConfig};
+pub use error::{Code, QueryError, RunError};
+pub use execute::{QueryResult, run_query};
+pub use validate::ValidatedPlan;

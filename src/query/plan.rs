@@ -1,0 +1,96 @@
+//! SQL text to a DataFusion `LogicalPlan`, read-only: exactly one `SELECT`
+//! statement; no DDL, DML, `COPY`, `SET`, `EXPLAIN`, `SHOW` or `DESCRIBE`.
+//! Tables other than `penduduk` and the reference tables, including file
+//! paths and `information_schema`, are refused later by the validator.
+
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::sql::parser::{DFParser, Statement};
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+
+use super::engine::Engine;
+use super::error::{Code, QueryError, clean_message};
+
+/// Parses and plans one read-only statement.
+pub async fn sql_to_plan(
+    engine: &Engine,
+    sql: &str,
+    max_bytes: usize,
+) -> Result<LogicalPlan, QueryError> {
+    if sql.len() > max_bytes {
+        return Err(QueryError::new(
+            Code::SqlTooLarge,
+            format!(
+                "the SQL text is {} bytes; this agreement allows at most {max_bytes}; simplify the query",
+                sql.len()
+            ),
+        ));
+    }
+    let mut statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})
+        .map_err(|e| QueryError::new(Code::ParseError, clean_message(&e)))?;
+    let statement = match statements.len() {
+        0 => {
+            return Err(QueryError::new(
+                Code::ParseError,
+                "the SQL text is empty; send one SELECT statement",
+            ));
+        }
+        1 => statements.pop_front().expect("one statement"),
+        n => {
+            return Err(QueryError::new(
+                Code::MultipleStatements,
+                format!("found {n} statements; send exactly one SELECT statement per request"),
+            ));
+        }
+    };
+    let refuse = |what: &str| {
+        Err(QueryError::new(
+            Code::StatementNotAllowed,
+            format!(
+                "{what} is not allowed; only a single SELECT statement that returns an aggregate is accepted"
+            ),
+        ))
+    };
+    match &statement {
+        Statement::Statement(s) => match s.as_ref() {
+            SqlStatement::Query(_) => {}
+            SqlStatement::Explain { .. } | SqlStatement::ExplainTable { .. } => {
+                return refuse("EXPLAIN");
+            }
+            SqlStatement::ShowTables { .. }
+            | SqlStatement::ShowColumns { .. }
+            | SqlStatement::ShowVariable { .. }
+            | SqlStatement::ShowFunctions { .. } => return refuse("SHOW"),
+            SqlStatement::Set(_) => return refuse("SET"),
+            SqlStatement::Insert(_) | SqlStatement::Update { .. } | SqlStatement::Delete(_) => {
+                return refuse("changing data (INSERT/UPDATE/DELETE)");
+            }
+            other => {
+                let head: String = other
+                    .to_string()
+                    .split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                return refuse(&format!("the statement '{head}'"));
+            }
+        },
+        Statement::CreateExternalTable(_) => return refuse("CREATE EXTERNAL TABLE"),
+        Statement::CopyTo(_) => return refuse("COPY"),
+        Statement::Explain(_) => return refuse("EXPLAIN"),
+        Statement::Reset(_) => return refuse("RESET"),
+    }
+    let state = engine.context().state();
+    let plan = state
+        .statement_to_plan(statement)
+        .await
+        .map_err(|e| QueryError::new(Code::PlanError, clean_message(&e)))?;
+    // Belt and braces: DataFusion's own read-only check.
+    datafusion::execution::context::SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)
+        .map_err(|e| QueryError::new(Code::StatementNotAllowed, clean_message(&e)))?;
+    Ok(plan)
+}

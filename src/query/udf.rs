@@ -1,0 +1,248 @@
+//! Date-coarsening functions. Raw dates are not dimensions; these turn them
+//! into values with a small public domain, so their output can be grouped
+//! by and filtered on.
+//!
+//! | function | result | public domain |
+//! |---|---|---|
+//! | `umur(tanggal_lahir)` | age in whole years on the snapshot's `tanggal_data` | 0..=120 |
+//! | `umur_pada(tanggal_lahir, DATE '2026-07-01')` | age on the given date (school year: 1 July); NULL if not yet born | 0..=120 |
+//! | `kelompok_umur(age, width)` | band label: `00-04`, `05-09`, … and an open top band `75+` | see [`age_band_labels`] |
+//! | `tahun(date)` | calendar year | 1900..=year of `tanggal_data` |
+//!
+//! Age bands: zero-padded `LL-HH` labels of `width` years starting at 0, so
+//! they sort as text; the top band is open (`NN+`) and starts at the largest
+//! multiple of `width` not above 75. Widths 1..=25 are accepted.
+
+use std::sync::Arc;
+
+use chrono::Datelike;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int32Array, StringArray};
+use datafusion::arrow::datatypes::{DataType, Date32Type, Int32Type};
+use datafusion::common::{Result, ScalarValue, exec_err};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility,
+};
+
+use crate::generate::{age_on, days_to_date};
+
+pub const UMUR: &str = "umur";
+pub const UMUR_PADA: &str = "umur_pada";
+pub const KELOMPOK_UMUR: &str = "kelompok_umur";
+pub const TAHUN: &str = "tahun";
+
+/// Highest age in the public domain; also the clamp bound for sums of ages.
+pub const MAX_AGE: i32 = 120;
+/// Earliest year in the public domain of `tahun`.
+pub const MIN_YEAR: i32 = 1900;
+/// Top of the open age band.
+pub const TOP_BAND: i32 = 75;
+pub const MAX_BAND_WIDTH: i64 = 25;
+
+/// Band label of an age.
+pub fn age_band(age: i32, width: i32) -> String {
+    let top = TOP_BAND / width * width;
+    if age >= top {
+        format!("{top:02}+")
+    } else {
+        let lo = age / width * width;
+        format!("{lo:02}-{:02}", lo + width - 1)
+    }
+}
+
+/// Every band label for a width, in order: the public domain of
+/// `kelompok_umur`.
+pub fn age_band_labels(width: i32) -> Vec<String> {
+    let top = TOP_BAND / width * width;
+    let mut v: Vec<String> = (0..top)
+        .step_by(width as usize)
+        .map(|a| age_band(a, width))
+        .collect();
+    v.push(age_band(top, width));
+    v
+}
+
+fn dates_to_ints(
+    args: &[ColumnarValue],
+    rows: usize,
+    f: impl Fn(i32, Option<i32>) -> Option<i32>,
+) -> Result<ColumnarValue> {
+    let arrays = ColumnarValue::values_to_arrays(args)?;
+    let dates = arrays[0].as_primitive::<Date32Type>();
+    let second = arrays.get(1).map(|a| a.as_primitive::<Date32Type>());
+    let out: Int32Array = (0..rows.max(dates.len()))
+        .map(|i| {
+            if dates.is_null(i) {
+                return None;
+            }
+            let on = match second {
+                Some(s) if s.is_null(i) => return None,
+                Some(s) => Some(s.value(i)),
+                None => None,
+            };
+            f(dates.value(i), on)
+        })
+        .collect();
+    Ok(ColumnarValue::Array(Arc::new(out)))
+}
+
+/// `umur(date)`: age on the snapshot's reference date.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Umur {
+    as_of: i32,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for Umur {
+    fn name(&self) -> &str {
+        UMUR
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Int32)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let as_of = self.as_of;
+        dates_to_ints(&args.args, args.number_rows, |b, _| {
+            let a = age_on(b, as_of);
+            (0..=MAX_AGE).contains(&a).then_some(a)
+        })
+    }
+}
+
+/// `umur_pada(date, on)`: age on a given date.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct UmurPada {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for UmurPada {
+    fn name(&self) -> &str {
+        UMUR_PADA
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Int32)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        dates_to_ints(&args.args, args.number_rows, |b, on| {
+            let a = age_on(b, on.expect("two arguments"));
+            (0..=MAX_AGE).contains(&a).then_some(a)
+        })
+    }
+}
+
+/// `tahun(date)`: the calendar year.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Tahun {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for Tahun {
+    fn name(&self) -> &str {
+        TAHUN
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Int32)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        dates_to_ints(&args.args, args.number_rows, |d, _| {
+            Some(days_to_date(d).year())
+        })
+    }
+}
+
+/// `kelompok_umur(age, width)`: age band label.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct KelompokUmur {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for KelompokUmur {
+    fn name(&self) -> &str {
+        KELOMPOK_UMUR
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let width = match &args.args[1] {
+            ColumnarValue::Scalar(ScalarValue::Int64(Some(w))) => *w,
+            _ => {
+                return exec_err!(
+                    "kelompok_umur: the band width must be a number literal, e.g. kelompok_umur(umur(tanggal_lahir), 5)"
+                );
+            }
+        };
+        if !(1..=MAX_BAND_WIDTH).contains(&width) {
+            return exec_err!(
+                "kelompok_umur: band width {width} is out of range; use 1 to {MAX_BAND_WIDTH} years"
+            );
+        }
+        let ages: ArrayRef = args.args[0].to_array(args.number_rows)?;
+        let ages = datafusion::arrow::compute::cast(&ages, &DataType::Int32)?;
+        let ages = ages.as_primitive::<Int32Type>();
+        let out: StringArray = ages
+            .iter()
+            .map(|a| a.filter(|a| *a >= 0).map(|a| age_band(a, width as i32)))
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// All coarsening functions for a snapshot with reference date `as_of`
+/// (days since epoch).
+pub fn coarsening_udfs(as_of: i32) -> Vec<ScalarUDF> {
+    let one_date = || Signature::exact(vec![DataType::Date32], Volatility::Immutable);
+    vec![
+        ScalarUDF::new_from_impl(Umur {
+            as_of,
+            signature: one_date(),
+        }),
+        ScalarUDF::new_from_impl(UmurPada {
+            signature: Signature::exact(
+                vec![DataType::Date32, DataType::Date32],
+                Volatility::Immutable,
+            ),
+        }),
+        ScalarUDF::new_from_impl(Tahun {
+            signature: one_date(),
+        }),
+        ScalarUDF::new_from_impl(KelompokUmur {
+            signature: Signature::one_of(
+                vec![
+                    TypeSignature::Exact(vec![DataType::Int32, DataType::Int64]),
+                    TypeSignature::Exact(vec![DataType::Int64, DataType::Int64]),
+                ],
+                Volatility::Immutable,
+            ),
+        }),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn band_labels() {
+        assert_eq!(age_band(0, 5), "00-04");
+        assert_eq!(age_band(17, 5), "15-19");
+        assert_eq!(age_band(75, 5), "75+");
+        assert_eq!(age_band(99, 10), "70+");
+        let five = age_band_labels(5);
+        assert_eq!(five.len(), 16);
+        assert_eq!(five.last().unwrap(), "75+");
+        assert_eq!(age_band_labels(1).len(), 76);
+    }
+}
