@@ -288,8 +288,8 @@ pub struct KecamatanGenerator<'a> {
     religions: &'static [(&'static str, f64)],
 }
 
-fn pick<'b, T>(rng: &mut ChaCha8Rng, items: &'b [T]) -> &'b T {
-    &items[rng.random_range(0..items.len())]
+fn pick<T: Copy>(rng: &mut ChaCha8Rng, items: &[T]) -> T {
+    items[rng.random_range(0..items.len())]
 }
 
 fn weighted<T: Copy>(rng: &mut ChaCha8Rng, items: &[(T, f64)]) -> T {
@@ -635,13 +635,8 @@ impl<'a> KecamatanGenerator<'a> {
                 }
                 let n = m.len();
                 let parents_from = if both { n - 2 } else { n - 1 };
-                for i in parents_from..n {
-                    let mut p = std::mem::replace(
-                        &mut m[i],
-                        blank(Role::Parent, false, 0, Marital::Single),
-                    );
-                    self.marriage_dates(&mut p, None);
-                    m[i] = p;
+                for p in &mut m[parents_from..n] {
+                    self.marriage_dates(p, None);
                 }
                 if extra == Role::Parent {
                     for i in parents_from..n {
@@ -787,13 +782,13 @@ impl<'a> KecamatanGenerator<'a> {
                     pick(r, names::MALE)
                 };
                 let parts = weighted(r, &[(1u8, 0.2), (2, 0.6), (3, 0.2)]);
-                let mut s = String::from(*first);
+                let mut s = String::from(first);
                 for _ in 1..parts {
                     s.push(' ');
                     s.push_str(if female {
-                        *pick(r, names::SECOND_FEMALE)
+                        pick(r, names::SECOND_FEMALE)
                     } else {
-                        *pick(r, names::SECOND)
+                        pick(r, names::SECOND)
                     });
                 }
                 s
@@ -967,13 +962,13 @@ impl<'a> KecamatanGenerator<'a> {
         let agama = weighted(&mut self.rng, self.religions);
         let agama: &'static str = l.agama.get(agama).copied().expect("religion in code list");
         let naming = match agama {
-            "BUDHA" | "KHONGHUCU" => Naming::Chinese(*pick(&mut self.rng, names::CHINESE_SURNAMES)),
+            "BUDHA" | "KHONGHUCU" => Naming::Chinese(pick(&mut self.rng, names::CHINESE_SURNAMES)),
             "HINDU" => Naming::Bali,
             "KRISTEN" | "KATHOLIK" => {
                 if matches!(&self.kab.kode_prov[..], "61" | "21" | "19" | "31")
                     && self.rng.random::<f64>() < 0.35
                 {
-                    Naming::Chinese(*pick(&mut self.rng, names::CHINESE_SURNAMES))
+                    Naming::Chinese(pick(&mut self.rng, names::CHINESE_SURNAMES))
                 } else {
                     Naming::Christian
                 }
@@ -1065,9 +1060,9 @@ impl<'a> KecamatanGenerator<'a> {
             let tempat_lahir = if local_birth {
                 Some(self.kab.birthplace.clone())
             } else if self.rng.random::<f64>() < 0.97 {
-                Some(super::birthplace_label(
-                    &pick(&mut self.rng, crate::catalog::kab_population()).nama,
-                ))
+                let kabs = crate::catalog::kab_population();
+                let kab = &kabs[self.rng.random_range(0..kabs.len())];
+                Some(super::birthplace_label(&kab.nama))
             } else {
                 None
             };

@@ -36,6 +36,9 @@ use crate::agreement::Agreement;
 use crate::catalog::{self, ColumnClass, RegionLevel, RegionScope};
 use crate::generate::date_to_days;
 
+/// A reference-side plan and the join keys that must be unique in it.
+pub type UniqueCheck = (LogicalPlan, Vec<Expr>);
+
 /// What an expression touches and what is known about its values.
 #[derive(Debug, Clone, Default)]
 struct Facts {
@@ -130,7 +133,7 @@ struct Walk {
     columns: BTreeSet<&'static str>,
     age_dates: BTreeSet<i32>,
     /// Reference-side plans and key expressions whose uniqueness must hold.
-    unique_checks: Vec<(LogicalPlan, Vec<Expr>)>,
+    unique_checks: Vec<UniqueCheck>,
 }
 
 fn reject<T>(code: Code, message: impl Into<String>) -> Result<T, QueryError> {
@@ -900,7 +903,7 @@ pub fn validate(
     plan: &LogicalPlan,
     agreement: &Agreement,
     as_of: i32,
-) -> Result<(ValidatedPlan, Vec<(LogicalPlan, Vec<Expr>)>), QueryError> {
+) -> Result<(ValidatedPlan, Vec<UniqueCheck>), QueryError> {
     let mut w = Walk {
         as_of,
         penduduk_scans: 0,
