@@ -59,6 +59,11 @@ impl QueryResult {
     pub fn num_rows(&self) -> usize {
         self.batches.iter().map(RecordBatch::num_rows).sum()
     }
+
+    /// The executed plan (scope applied), indented, for logs and tests.
+    pub fn plan_display(&self) -> String {
+        self.plan.plan.display_indent().to_string()
+    }
 }
 
 /// Plans, validates and runs one SQL query for an agreement.
@@ -445,6 +450,10 @@ fn complete(
     v: &ValidatedPlan,
 ) -> Result<RecordBatch, RunError> {
     let nkeys = key_columns(v, grid);
+    if nkeys == 0 {
+        // A grand total: one cell, always present in the aggregate's output.
+        return Ok(found.clone());
+    }
     let internal = |m: String| {
         RunError::Engine(EngineError::DataFusion(
             datafusion::error::DataFusionError::Internal(m),
