@@ -40,6 +40,7 @@ pub enum Code {
     TooManyDimensions,
     TooManyCells,
     SqlTooLarge,
+    InvalidValue,
     QueryTimeout,
     ResourcesExhausted,
 }
@@ -81,6 +82,7 @@ impl Code {
             TooManyDimensions => "too_many_dimensions",
             TooManyCells => "too_many_cells",
             SqlTooLarge => "sql_too_large",
+            InvalidValue => "invalid_value",
             QueryTimeout => "query_timeout",
             ResourcesExhausted => "resources_exhausted",
         }
@@ -123,6 +125,7 @@ impl Code {
             TooManyDimensions,
             TooManyCells,
             SqlTooLarge,
+            InvalidValue,
             QueryTimeout,
             ResourcesExhausted,
         ]

@@ -148,6 +148,13 @@ fn map_df(e: datafusion::error::DataFusionError) -> RunError {
             "the query needs more memory than this service allows; narrow the region or use fewer dimensions",
         )
         .into(),
+        // A value the query computes cannot be computed (a failed cast, a
+        // bad function argument): the caller's expression, not our fault.
+        D::ArrowError(..) | D::Execution(_) => QueryError::new(
+            Code::InvalidValue,
+            format!("{}; check the casts and function arguments in the query", clean_message(&e)),
+        )
+        .into(),
         D::Plan(_) | D::SchemaError(..) | D::SQL(..) => QueryError::new(Code::PlanError, clean_message(&e)).into(),
         _ => RunError::Engine(EngineError::DataFusion(e)),
     }

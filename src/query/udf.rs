@@ -7,7 +7,7 @@
 //! | `umur(tanggal_lahir)` | age in whole years on the snapshot's `tanggal_data` | 0..=120 |
 //! | `umur_pada(tanggal_lahir, DATE '2026-07-01')` | age on the given date (school year: 1 July); NULL if not yet born | 0..=120 |
 //! | `kelompok_umur(age, width)` | band label: `00-04`, `05-09`, … and an open top band `75+` | see [`age_band_labels`] |
-//! | `tahun(date)` | calendar year | 1900..=year of `tanggal_data` |
+//! | `tahun(date)` | calendar year | the years of ages 0..=120 on `tanggal_data` (122 years) |
 //!
 //! Age bands: zero-padded `LL-HH` labels of `width` years starting at 0, so
 //! they sort as text; the top band is open (`NN+`) and starts at the largest

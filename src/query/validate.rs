@@ -231,7 +231,19 @@ impl Walk {
                                 "kelompok_umur takes an age, e.g. kelompok_umur(umur(tanggal_lahir), 5)",
                             );
                         }
-                        if f.args.get(1).and_then(literal_number).is_none() {
+                        let width = f.args.get(1).and_then(literal_number);
+                        if let Some(w) = width
+                            && !(1.0..=super::udf::MAX_BAND_WIDTH as f64).contains(&w)
+                        {
+                            return reject(
+                                Code::FunctionNotAllowed,
+                                format!(
+                                    "kelompok_umur band width {w} is out of range; use 1 to {} years, e.g. 5",
+                                    super::udf::MAX_BAND_WIDTH
+                                ),
+                            );
+                        }
+                        if width.is_none() {
                             return reject(
                                 Code::FunctionNotAllowed,
                                 "kelompok_umur needs a literal band width, e.g. kelompok_umur(umur(tanggal_lahir), 5)",
@@ -871,7 +883,10 @@ impl Walk {
                     AggregateKind::Avg { lo, hi }
                 })
             }
-            "grouping" => Ok(AggregateKind::Grouping),
+            "grouping" => reject(
+                Code::AggregateNotAllowed,
+                "GROUPING() is not supported yet; in ROLLUP/CUBE results the rolled-up keys are NULL, which marks the margins",
+            ),
             "min" | "max" => not_allowed("it returns one person's value"),
             "median"
             | "percentile_cont"
@@ -962,17 +977,18 @@ pub fn validate(
             other => {
                 // Not an aggregate: say which identifier would have leaked.
                 let mut ids = BTreeSet::new();
-                for f in other.schema().fields() {
-                    if let Some(c) = catalog::column(f.name())
-                        && matches!(
-                            c.class,
-                            ColumnClass::Identifier
-                                | ColumnClass::FreeText
-                                | ColumnClass::RecordKey
-                        )
-                        && plan_reads(other, PENDUDUK)
-                    {
-                        ids.insert(c.name);
+                if plan_reads(other, PENDUDUK) {
+                    for f in plan.schema().fields() {
+                        if let Some(c) = catalog::column(f.name())
+                            && matches!(
+                                c.class,
+                                ColumnClass::Identifier
+                                    | ColumnClass::FreeText
+                                    | ColumnClass::RecordKey
+                            )
+                        {
+                            ids.insert(c.name);
+                        }
                     }
                 }
                 if !ids.is_empty() {
