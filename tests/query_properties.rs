@@ -194,7 +194,7 @@ proptest! {
                     }
                 }
                 // No identifier is projected anywhere in the executed plan.
-                let plan = format!("{}", r.plan_display());
+                let plan = r.plan_display();
                 for c in catalog::COLUMNS.iter().filter(|c| matches!(c.class, ColumnClass::Identifier | ColumnClass::FreeText | ColumnClass::RecordKey)) {
                     if c.name == "no_kk" {
                         continue;
