@@ -53,6 +53,10 @@ pub struct QueryResult {
     /// Cells of the complete aggregate grid (before HAVING/LIMIT).
     pub cells: usize,
     pub plan: ValidatedPlan,
+    /// Result cells that fell outside the public grid and were dropped.
+    /// For the operator's audit log only: never shown to the caller,
+    /// because it depends on the data.
+    pub outside_grid: usize,
 }
 
 impl QueryResult {
@@ -113,7 +117,7 @@ async fn run_inner(
     }
     let aggregate = validated.aggregate().clone();
     let found = collect(engine, aggregate).await?;
-    let table = complete(&grid, &found, &validated)?;
+    let (table, outside_grid) = complete(&grid, &found, &validated)?;
     let cells = table.num_rows();
 
     // ---- Protection slots in here: `table` holds true values and must be
@@ -125,6 +129,7 @@ async fn run_inner(
         batches,
         cells,
         plan: validated,
+        outside_grid,
     })
 }
 
@@ -191,45 +196,44 @@ async fn check_unique(engine: &Engine, plan: LogicalPlan, keys: Vec<Expr>) -> Re
 /// Representative dates: every age and year that any date can produce on
 /// the reference dates in play is produced by one of these.
 fn representative_dates(as_of: i32, age_reference: Option<i32>) -> Vec<i32> {
-    let top = days_to_date(as_of)
-        .year()
-        .max(days_to_date(age_reference.unwrap_or(as_of)).year());
-    let cuts: Vec<(u32, u32)> = [Some(as_of), age_reference]
-        .into_iter()
-        .flatten()
+    let refs: Vec<i32> = [Some(as_of), age_reference].into_iter().flatten().collect();
+    let years: Vec<i32> = refs.iter().map(|d| days_to_date(*d).year()).collect();
+    let (lo, hi) = (
+        years.iter().min().copied().unwrap_or(0),
+        years.iter().max().copied().unwrap_or(0),
+    );
+    let cuts: Vec<(u32, u32)> = refs
+        .iter()
         .map(|d| {
-            let d = days_to_date(d);
+            let d = days_to_date(*d);
             (d.month(), d.day())
         })
         .collect();
+    // Every birth year from one past the oldest top-coded age on the
+    // earliest reference date up to the latest: ages and years are
+    // top-coded, so older dates give values already produced here. Dates
+    // after the snapshot date cannot occur (the importer and generator
+    // refuse them).
     let mut out = BTreeSet::new();
-    for year in (top - MAX_AGE - 1)..=top {
-        // Only birth dates up to the snapshot date whose ages are in the
-        // public domain on every reference date in play.
-        let in_domain = |x: i32| {
-            x <= as_of
-                && [Some(as_of), age_reference]
-                    .into_iter()
-                    .flatten()
-                    .all(|on| crate::generate::age_on(x, on) <= MAX_AGE)
-        };
+    for year in (lo - MAX_AGE - 2)..=hi {
         let mut push = |m: u32, d: u32| {
             if let Some(x) = chrono::NaiveDate::from_ymd_opt(year, m, d) {
-                for day in [Some(x), x.succ_opt()].into_iter().flatten() {
+                for day in [x.pred_opt(), Some(x), x.succ_opt()].into_iter().flatten() {
                     let day = date_to_days(day);
-                    if in_domain(day) {
+                    if day <= as_of {
                         out.insert(day);
                     }
                 }
             }
         };
         push(1, 1);
-        push(12, 30);
+        push(12, 31);
         for &(m, d) in &cuts {
             push(m, d);
         }
         if cuts.iter().any(|&(m, d)| (m, d) == (2, 29)) {
             push(2, 28);
+            push(3, 1);
         }
     }
     out.into_iter().collect()
@@ -455,11 +459,11 @@ fn complete(
     grid: &RecordBatch,
     found: &RecordBatch,
     v: &ValidatedPlan,
-) -> Result<RecordBatch, RunError> {
+) -> Result<(RecordBatch, usize), RunError> {
     let nkeys = key_columns(v, grid);
     if nkeys == 0 {
         // A grand total: one cell, always present in the aggregate's output.
-        return Ok(found.clone());
+        return Ok((found.clone(), 0));
     }
     let internal = |m: String| {
         RunError::Engine(EngineError::DataFusion(
@@ -489,13 +493,12 @@ fn complete(
             r
         })
         .collect();
-    if hit != found.num_rows() {
-        // A result cell outside the public grid: fail closed.
-        return Err(internal(format!(
-            "{} result cells fall outside the public grid",
-            found.num_rows() - hit
-        )));
-    }
+    // A result cell outside the public grid is dropped, never reported:
+    // an error or a count here would depend on the data and could be
+    // used to test whether someone exists. The grid covers every value the
+    // coarsening functions can produce, so this should not happen; the
+    // number is kept for the audit log, not for the caller.
+    let outside_grid = found.num_rows() - hit;
     let mut columns: Vec<ArrayRef> = grid.columns()[..nkeys].to_vec();
     for (j, kind) in v.aggregates.iter().enumerate() {
         let src = found.column(nkeys + j);
@@ -531,7 +534,9 @@ fn complete(
         };
         columns.push(filled);
     }
-    RecordBatch::try_new(grid.schema(), columns).map_err(|e| internal(e.to_string()))
+    RecordBatch::try_new(grid.schema(), columns)
+        .map(|b| (b, outside_grid))
+        .map_err(|e| internal(e.to_string()))
 }
 
 /// Runs HAVING, ORDER BY, LIMIT and the final projection over the released

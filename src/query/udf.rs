@@ -4,10 +4,16 @@
 //!
 //! | function | result | public domain |
 //! |---|---|---|
-//! | `umur(tanggal_lahir)` | age in whole years on the snapshot's `tanggal_data` | 0..=120 |
-//! | `umur_pada(tanggal_lahir, DATE '2026-07-01')` | age on the given date (school year: 1 July); NULL if not yet born | 0..=120 |
+//! | `umur(tanggal_lahir)` | age in whole years on the snapshot's `tanggal_data`, top-coded: 120 means 120 or older | 0..=120 |
+//! | `umur_pada(tanggal_lahir, DATE '2026-07-01')` | age on the first day of a month (school year: 1 July), top-coded at 120; NULL if not yet born | 0..=120, NULL |
 //! | `kelompok_umur(age, width)` | band label: `00-04`, `05-09`, … and an open top band `75+` | see [`age_band_labels`] |
-//! | `tahun(date)` | calendar year | the years of ages 0..=120 on `tanggal_data` (122 years) |
+//! | `tahun(date)` | calendar year, top-coded: the year 120 years before `tanggal_data` also stands for every earlier year | 121 years up to the year of `tanggal_data` |
+//!
+//! Top-coding (rather than NULL for out-of-range values) keeps every
+//! possible value inside the declared domain, so the result grid never
+//! depends on the data. `umur_pada` takes only the first day of a month, so
+//! queries on neighbouring dates cannot be differenced to count people born
+//! on one day.
 //!
 //! Age bands: zero-padded `LL-HH` labels of `width` years starting at 0, so
 //! they sort as text; the top band is open (`NN+`) and starts at the largest
@@ -33,8 +39,6 @@ pub const TAHUN: &str = "tahun";
 
 /// Highest age in the public domain; also the clamp bound for sums of ages.
 pub const MAX_AGE: i32 = 120;
-/// Earliest year in the public domain of `tahun`.
-pub const MIN_YEAR: i32 = 1900;
 /// Top of the open age band.
 pub const TOP_BAND: i32 = 75;
 pub const MAX_BAND_WIDTH: i64 = 25;
@@ -107,7 +111,7 @@ impl ScalarUDFImpl for Umur {
         let as_of = self.as_of;
         dates_to_ints(&args.args, args.number_rows, |b, _| {
             let a = age_on(b, as_of);
-            (0..=MAX_AGE).contains(&a).then_some(a)
+            (a >= 0).then_some(a.min(MAX_AGE))
         })
     }
 }
@@ -131,15 +135,22 @@ impl ScalarUDFImpl for UmurPada {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         dates_to_ints(&args.args, args.number_rows, |b, on| {
             let a = age_on(b, on.expect("two arguments"));
-            (0..=MAX_AGE).contains(&a).then_some(a)
+            (a >= 0).then_some(a.min(MAX_AGE))
         })
     }
 }
 
-/// `tahun(date)`: the calendar year.
+/// `tahun(date)`: the calendar year, top-coded at [`earliest_year`].
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct Tahun {
+    earliest: i32,
     signature: Signature,
+}
+
+/// The earliest year `tahun` reports on a snapshot with reference date
+/// `as_of` (Date32 days); earlier years are reported as this one.
+pub fn earliest_year(as_of: i32) -> i32 {
+    days_to_date(as_of).year() - MAX_AGE
 }
 
 impl ScalarUDFImpl for Tahun {
@@ -153,8 +164,9 @@ impl ScalarUDFImpl for Tahun {
         Ok(DataType::Int32)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let earliest = self.earliest;
         dates_to_ints(&args.args, args.number_rows, |d, _| {
-            Some(days_to_date(d).year())
+            Some(days_to_date(d).year().max(earliest))
         })
     }
 }
@@ -216,6 +228,7 @@ pub fn coarsening_udfs(as_of: i32) -> Vec<ScalarUDF> {
             ),
         }),
         ScalarUDF::new_from_impl(Tahun {
+            earliest: earliest_year(as_of),
             signature: one_date(),
         }),
         ScalarUDF::new_from_impl(KelompokUmur {

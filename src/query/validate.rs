@@ -31,10 +31,11 @@ use datafusion::logical_expr::{
 
 use super::engine::{PENDUDUK, REFERENCE_TABLES};
 use super::error::{Code, QueryError};
-use super::udf::{KELOMPOK_UMUR, MAX_AGE, MIN_YEAR, TAHUN, UMUR, UMUR_PADA};
+use super::udf::{KELOMPOK_UMUR, MAX_AGE, TAHUN, UMUR, UMUR_PADA, earliest_year};
 use crate::agreement::Agreement;
 use crate::catalog::{self, ColumnClass, RegionLevel, RegionScope};
-use crate::generate::date_to_days;
+use crate::generate::{date_to_days, days_to_date};
+use chrono::Datelike;
 
 /// A reference-side plan and the join keys that must be unique in it.
 pub type UniqueCheck = (LogicalPlan, Vec<Expr>);
@@ -419,13 +420,21 @@ impl Walk {
                         "umur_pada() takes a literal date as its second argument, e.g. umur_pada(tanggal_lahir, DATE '2026-07-01')",
                     );
                 };
+                if days_to_date(on).day() != 1 {
+                    return reject(
+                        Code::AgeReferenceDateNotAllowed,
+                        format!(
+                            "umur_pada() takes the first day of a month (e.g. DATE '2026-07-01' for the school year), not {}; ages on arbitrary days could be differenced to count people born on one day",
+                            days_to_date(on)
+                        ),
+                    );
+                }
                 self.age_dates.insert(on);
                 out.bounds = Some((0.0, f64::from(MAX_AGE)));
             }
             _ => {
-                let year = crate::generate::days_to_date(self.as_of);
-                use chrono::Datelike;
-                out.bounds = Some((f64::from(MIN_YEAR), f64::from(year.year())));
+                let year = days_to_date(self.as_of).year();
+                out.bounds = Some((f64::from(earliest_year(self.as_of)), f64::from(year)));
             }
         }
         Ok(out)
