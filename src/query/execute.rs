@@ -195,7 +195,11 @@ async fn check_unique(engine: &Engine, plan: LogicalPlan, keys: Vec<Expr>) -> Re
 
 /// Representative dates: every age and year that any date can produce on
 /// the reference dates in play is produced by one of these.
-fn representative_dates(as_of: i32, age_reference: Option<i32>) -> Vec<i32> {
+fn representative_dates(
+    as_of: i32,
+    age_reference: Option<i32>,
+    functions: &BTreeSet<&'static str>,
+) -> Vec<i32> {
     let refs: Vec<i32> = [Some(as_of), age_reference].into_iter().flatten().collect();
     let years: Vec<i32> = refs.iter().map(|d| days_to_date(*d).year()).collect();
     let (lo, hi) = (
@@ -236,7 +240,28 @@ fn representative_dates(as_of: i32, age_reference: Option<i32>) -> Vec<i32> {
             push(3, 1);
         }
     }
-    out.into_iter().collect()
+    // Keep one date per distinct combination of the values the functions
+    // in play give it: the image is the same, the domain table far smaller.
+    let earliest = super::udf::earliest_year(as_of);
+    let mut seen = BTreeSet::new();
+    out.into_iter()
+        .filter(|&d| {
+            let age = |on: i32| {
+                let a = crate::generate::age_on(d, on);
+                (a >= 0).then_some(a.min(MAX_AGE))
+            };
+            let signature = (
+                functions.contains(super::udf::UMUR).then(|| age(as_of)),
+                functions
+                    .contains(super::udf::UMUR_PADA)
+                    .then(|| age_reference.and_then(age)),
+                functions
+                    .contains(super::udf::TAHUN)
+                    .then(|| days_to_date(d).year().max(earliest)),
+            );
+            seen.insert(signature)
+        })
+        .collect()
 }
 
 /// The domain table standing in for `penduduk`: the cross product of the
@@ -289,7 +314,6 @@ fn domain_table(
     }
     // Other columns: their domains if used, a single placeholder otherwise.
     let as_of = engine.as_of_days();
-    let dates = representative_dates(as_of, v.age_reference);
     #[derive(Clone)]
     enum Values {
         Text(Vec<Option<String>>),
@@ -322,7 +346,13 @@ fn domain_table(
                         .collect(),
                 ),
                 Domain::Dates => {
-                    let mut d: Vec<Option<i32>> = dates.iter().copied().map(Some).collect();
+                    let none = BTreeSet::new();
+                    let functions = v.date_functions.get(c.name).unwrap_or(&none);
+                    let mut d: Vec<Option<i32>> =
+                        representative_dates(as_of, v.age_reference, functions)
+                            .into_iter()
+                            .map(Some)
+                            .collect();
                     if c.nullable {
                         d.push(None);
                     }

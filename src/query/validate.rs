@@ -112,6 +112,8 @@ pub struct ValidatedPlan {
     pub elements: BTreeSet<&'static str>,
     /// Reference dates of the ages used (days), at most one.
     pub age_reference: Option<i32>,
+    /// The coarsening functions applied to each date column.
+    pub date_functions: std::collections::BTreeMap<&'static str, BTreeSet<&'static str>>,
 }
 
 impl ValidatedPlan {
@@ -133,6 +135,7 @@ struct Walk {
     penduduk_scans: usize,
     columns: BTreeSet<&'static str>,
     age_dates: BTreeSet<i32>,
+    date_functions: std::collections::BTreeMap<&'static str, BTreeSet<&'static str>>,
     /// Reference-side plans and key expressions whose uniqueness must hold.
     unique_checks: Vec<UniqueCheck>,
 }
@@ -408,6 +411,15 @@ impl Walk {
         };
         let mut out = Facts::default();
         out.columns.insert(date_col);
+        let function = match name {
+            UMUR => UMUR,
+            UMUR_PADA => UMUR_PADA,
+            _ => TAHUN,
+        };
+        self.date_functions
+            .entry(date_col)
+            .or_default()
+            .insert(function);
         match name {
             UMUR => {
                 self.age_dates.insert(self.as_of);
@@ -933,6 +945,7 @@ pub fn validate(
         penduduk_scans: 0,
         columns: BTreeSet::new(),
         age_dates: BTreeSet::new(),
+        date_functions: Default::default(),
         unique_checks: Vec::new(),
     };
     // 1. The post-plan above the aggregate.
@@ -1148,6 +1161,7 @@ pub fn validate(
         aggregates,
         elements: w.columns.clone(),
         age_reference: w.age_dates.iter().next().copied(),
+        date_functions: w.date_functions.clone(),
     };
     Ok((v, w.unique_checks))
 }
