@@ -21,6 +21,7 @@ pub mod error;
 pub mod generate;
 pub mod import;
 pub mod output;
+pub mod protect;
 pub mod query;
 pub mod record_key;
 pub mod warehouse;

@@ -44,7 +44,14 @@ pub struct Engine {
     snapshot: Snapshot,
     ctx: SessionContext,
     config: EngineConfig,
+    /// Result grids by aggregate plan: a grid is a function of public
+    /// information only (plan, scope, snapshot coverage), so it is reused.
+    grids:
+        std::sync::Mutex<std::collections::HashMap<String, datafusion::arrow::array::RecordBatch>>,
 }
+
+/// Grids kept per engine before the cache is cleared.
+const GRID_CACHE_ENTRIES: usize = 512;
 
 impl Engine {
     pub async fn open(snapshot: Snapshot, config: EngineConfig) -> Result<Engine, EngineError> {
@@ -81,6 +88,7 @@ impl Engine {
             snapshot,
             ctx,
             config,
+            grids: Default::default(),
         })
     }
 
@@ -94,6 +102,19 @@ impl Engine {
 
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    pub(crate) fn cached_grid(&self, key: &str) -> Option<datafusion::arrow::array::RecordBatch> {
+        self.grids.lock().ok()?.get(key).cloned()
+    }
+
+    pub(crate) fn cache_grid(&self, key: String, grid: datafusion::arrow::array::RecordBatch) {
+        if let Ok(mut g) = self.grids.lock() {
+            if g.len() >= GRID_CACHE_ENTRIES {
+                g.clear();
+            }
+            g.insert(key, grid);
+        }
     }
 
     /// The snapshot's reference date as Date32 days.

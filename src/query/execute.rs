@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use chrono::Datelike;
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Date32Builder, Float64Array, Int64Array, RecordBatch, StringBuilder,
-    UInt32Array, UInt64Array,
+    Array, ArrayRef, AsArray, Date32Array, Float64Array, Int64Array, RecordBatch, StringArray,
+    UInt32Array, UInt64Array, new_null_array,
 };
 use datafusion::arrow::compute::{concat_batches, take};
 use datafusion::arrow::datatypes::{
@@ -93,16 +93,26 @@ pub async fn run_query(
     }
 }
 
-async fn run_inner(
+/// Plans and validates a query without running it (dry run, benches).
+pub async fn check_query(
     engine: &Engine,
     agreement: &Agreement,
     sql: &str,
-) -> Result<QueryResult, RunError> {
+) -> Result<ValidatedPlan, RunError> {
     let plan = sql_to_plan(engine, sql, agreement.limits.max_sql_bytes).await?;
     let (validated, unique_checks) = validate(&plan, agreement, engine.as_of_days())?;
     for (ref_plan, keys) in unique_checks {
         check_unique(engine, ref_plan, keys).await?;
     }
+    Ok(validated)
+}
+
+async fn run_inner(
+    engine: &Engine,
+    agreement: &Agreement,
+    sql: &str,
+) -> Result<QueryResult, RunError> {
+    let validated = check_query(engine, agreement, sql).await?;
     let grid = grid(engine, &validated, agreement).await?;
     if grid.num_rows() > agreement.limits.max_cells {
         return Err(QueryError::new(
@@ -318,19 +328,15 @@ fn domain_table(
     enum Values {
         Text(Vec<Option<String>>),
         Dates(Vec<Option<i32>>),
-        Key,
+        /// Not referenced by the query: all NULL.
+        Unused,
     }
     let mut columns: Vec<(&catalog::Column, Values)> = Vec::new();
     for c in catalog::COLUMNS {
         let values = if matches!(c.domain, Domain::Region { .. }) {
             continue;
-        } else if c.class == catalog::ColumnClass::RecordKey {
-            Values::Key
-        } else if !used.contains(c.name) {
-            match c.ty {
-                catalog::ColumnType::Date32 => Values::Dates(vec![Some(0)]),
-                _ => Values::Text(vec![Some(String::new())]),
-            }
+        } else if c.class == catalog::ColumnClass::RecordKey || !used.contains(c.name) {
+            Values::Unused
         } else {
             match c.domain {
                 Domain::CodeList { list } => Values::Text(
@@ -367,7 +373,7 @@ fn domain_table(
     let size = |v: &Values| match v {
         Values::Text(x) => x.len() as u64,
         Values::Dates(x) => x.len() as u64,
-        Values::Key => 1,
+        Values::Unused => 1,
     };
     let total: u64 = columns
         .iter()
@@ -384,19 +390,26 @@ fn domain_table(
         .into());
     }
     let n = total as usize;
-    // Mixed-radix enumeration of the cross product.
+    // Mixed-radix enumeration of the cross product: the value index of
+    // factor `pos` in row r is (r / stride[pos]) % radix[pos]; each column
+    // is a `take` from its small array of values.
     let mut radices: Vec<u64> = vec![region_rows.len().max(1) as u64];
     radices.extend(columns.iter().map(|(_, v)| size(v)));
-    let digit = |row: usize, pos: usize| -> usize {
-        let mut r = row as u64;
-        for &b in &radices[pos + 1..] {
-            r /= b;
-        }
-        (r % radices[pos]) as usize
+    let mut strides = vec![1u64; radices.len()];
+    for pos in (0..radices.len().saturating_sub(1)).rev() {
+        strides[pos] = strides[pos + 1] * radices[pos + 1];
+    }
+    let indices = |pos: usize| -> UInt32Array {
+        (0..n as u64)
+            .map(|r| ((r / strides[pos]) % radices[pos]) as u32)
+            .collect()
     };
+    let internal =
+        |e: datafusion::arrow::error::ArrowError| RunError::from(EngineError::DataFusion(e.into()));
     let schema = penduduk_table_schema();
     let mut arrays: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     let mut col_pos = 0;
+    let region_idx = indices(0);
     for field in schema.fields() {
         let name = field.name().as_str();
         if let Some(level) = [
@@ -408,33 +421,27 @@ fn domain_table(
         .into_iter()
         .find(|l| l.column() == name)
         {
-            let idx = level as usize;
-            let mut b = StringBuilder::new();
-            for row in 0..n {
-                b.append_value(&region_rows[digit(row, 0)][idx]);
-            }
-            arrays.push(Arc::new(b.finish()));
+            let values: StringArray = region_rows
+                .iter()
+                .map(|r| Some(r[level as usize].as_str()))
+                .collect();
+            arrays.push(take(&values, &region_idx, None).map_err(internal)?);
             continue;
         }
         col_pos += 1;
         let (_, values) = &columns[col_pos - 1];
-        match values {
+        let array: ArrayRef = match values {
+            Values::Unused => new_null_array(field.data_type(), n),
             Values::Text(vals) => {
-                let mut b = StringBuilder::new();
-                for row in 0..n {
-                    b.append_option(vals[digit(row, col_pos)].as_deref());
-                }
-                arrays.push(Arc::new(b.finish()));
+                let values: StringArray = vals.iter().map(|v| v.as_deref()).collect();
+                take(&values, &indices(col_pos), None).map_err(internal)?
             }
             Values::Dates(vals) => {
-                let mut b = Date32Builder::new();
-                for row in 0..n {
-                    b.append_option(vals[digit(row, col_pos)]);
-                }
-                arrays.push(Arc::new(b.finish()));
+                let values: Date32Array = vals.iter().copied().collect();
+                take(&values, &indices(col_pos), None).map_err(internal)?
             }
-            Values::Key => arrays.push(Arc::new(UInt64Array::from(vec![0u64; n]))),
-        }
+        };
+        arrays.push(array);
     }
     RecordBatch::try_new(schema, arrays).map_err(|e| EngineError::DataFusion(e.into()).into())
 }
@@ -473,11 +480,17 @@ async fn grid(
     v: &ValidatedPlan,
     agreement: &Agreement,
 ) -> Result<RecordBatch, RunError> {
+    let key = v.aggregate().display_indent().to_string();
+    if let Some(g) = engine.cached_grid(&key) {
+        return Ok(g);
+    }
     let domain = domain_table(engine, v, agreement)?;
     let mem =
         MemTable::try_new(domain.schema(), vec![vec![domain]]).map_err(EngineError::DataFusion)?;
     let plan = with_penduduk_source(v.aggregate(), Arc::new(mem))?;
-    collect(engine, plan).await
+    let grid = collect(engine, plan).await?;
+    engine.cache_grid(key, grid.clone());
+    Ok(grid)
 }
 
 fn key_columns(v: &ValidatedPlan, batch: &RecordBatch) -> usize {

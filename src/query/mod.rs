@@ -16,5 +16,5 @@ pub mod validate;
 
 pub use engine::{Engine, EngineConfig};
 pub use error::{Code, QueryError, RunError};
-pub use execute::{QueryResult, run_query};
+pub use execute::{QueryResult, check_query, run_query};
 pub use validate::ValidatedPlan;

@@ -1206,7 +1206,15 @@ pub(crate) fn scope_predicate(
         })
         .reduce(Expr::or)
         .expect("a scope has at least one prefix");
-    Some(prune.and(exact))
+    // When every prefix is a provinsi or kab/kota, the partition list is
+    // already exact and the per-row predicate would only cost time.
+    let coarse = prefixes.iter().all(|p| {
+        matches!(
+            RegionLevel::of_code(p),
+            Some(RegionLevel::Provinsi | RegionLevel::KabKota)
+        )
+    });
+    Some(if coarse { prune } else { prune.and(exact) })
 }
 
 fn apply_scope(plan: &LogicalPlan, scope: &RegionScope) -> Result<LogicalPlan, QueryError> {

@@ -1,0 +1,193 @@
+//! Query gate and pipeline benchmarks.
+//!
+//! For the standard queries, on the committed sample and on a generated
+//! 10-million-person snapshot (Kalimantan Barat scaled; generated once into
+//! `target/bench-data/`), this measures:
+//!
+//! - `validate/...`: parse, plan and validate only;
+//! - `e2e/.../agregat`: the whole pipeline (parse, plan, validate, execute,
+//!   complete grid, post-plan);
+//! - `e2e/.../raw`: raw DataFusion running the same aggregate SQL on the same
+//!   session.
+//!
+//! It ends with a table of agregat/raw ratios from interleaved runs in the
+//! same process (this machine is shared and noisy, so ratios, not absolute
+//! times, are the figures to compare). Target: ratio <= 1.2.
+//!
+//! Run: `cargo bench --profile dev --bench query` (set
+//! `AGREGAT_BENCH_SKIP_BIG=1` to skip the 10M snapshot).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use agregat::agreement::Agreement;
+use agregat::catalog::RegionScope;
+use agregat::generate::{GenerateOptions, generate};
+use agregat::query::{Engine, EngineConfig, check_query, run_query};
+use agregat::record_key::RecordKeySecret;
+use agregat::warehouse::{Snapshot, Verify};
+use criterion::Criterion;
+
+const QUERIES: &[(&str, &str)] = &[
+    (
+        "kecamatan_x_sex",
+        "SELECT kode_kec, jenis_kelamin, COUNT(*) FROM penduduk GROUP BY kode_kec, jenis_kelamin",
+    ),
+    (
+        "enrolment_age",
+        "SELECT kode_kel, umur_pada(tanggal_lahir, DATE '2026-07-01') AS u, jenis_kelamin, COUNT(*) \
+         FROM penduduk WHERE umur_pada(tanggal_lahir, DATE '2026-07-01') BETWEEN 5 AND 18 \
+         GROUP BY kode_kel, umur_pada(tanggal_lahir, DATE '2026-07-01'), jenis_kelamin",
+    ),
+    (
+        "age5_sex_religion_by_kec",
+        "SELECT kode_kec, kelompok_umur(umur(tanggal_lahir), 5) AS kel, jenis_kelamin, agama, COUNT(*) \
+         FROM penduduk GROUP BY kode_kec, kelompok_umur(umur(tanggal_lahir), 5), jenis_kelamin, agama",
+    ),
+    (
+        "households_by_kel",
+        "SELECT kode_kel, COUNT(DISTINCT no_kk) FROM penduduk GROUP BY kode_kel",
+    ),
+];
+
+struct Target {
+    name: &'static str,
+    engine: Engine,
+    agreement: Agreement,
+}
+
+fn big_snapshot() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-data/kalbar-10m");
+    if !dir.join("manifest.json").exists() {
+        let secret = RecordKeySecret::from_file(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/data-samples/SAMPLE-record-key-NOT-FOR-PRODUCTION.secret"
+        )))
+        .expect("sample secret");
+        let opts = GenerateOptions::new(
+            "61",
+            Some(10_000_000),
+            42,
+            "2026-06-30".parse().expect("date"),
+            dir.clone(),
+        );
+        eprintln!(
+            "generating the 10M-person bench snapshot into {}",
+            dir.display()
+        );
+        generate(&opts, &secret).expect("generate bench snapshot");
+    }
+    dir
+}
+
+fn targets(rt: &tokio::runtime::Runtime) -> Vec<Target> {
+    let mut out = Vec::new();
+    let mut add = |name, dir: PathBuf, scope: &str| {
+        let snap = Snapshot::open(&dir, Verify::Structure).expect("snapshot");
+        let engine = rt
+            .block_on(Engine::open(snap, EngineConfig::default()))
+            .expect("engine");
+        let mut agreement =
+            Agreement::unrestricted("bench", RegionScope::parse(scope).expect("scope"));
+        agreement.limits.max_cells = 1_000_000;
+        out.push(Target {
+            name,
+            engine,
+            agreement,
+        });
+    };
+    add(
+        "sample",
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data-samples/dkb-2026-s1"),
+        "61.71",
+    );
+    if std::env::var_os("AGREGAT_BENCH_SKIP_BIG").is_none() {
+        add("10m", big_snapshot(), "61");
+    }
+    out
+}
+
+async fn raw(engine: &Engine, sql: &str) -> usize {
+    let df = engine.context().sql(sql).await.expect("raw plan");
+    df.collect()
+        .await
+        .expect("raw run")
+        .iter()
+        .map(|b| b.num_rows())
+        .sum()
+}
+
+fn benches(c: &mut Criterion, rt: &tokio::runtime::Runtime, targets: &[Target]) {
+    for t in targets {
+        for (q, sql) in QUERIES {
+            let mut g = c.benchmark_group(format!("{}/{q}", t.name));
+            g.sample_size(10).measurement_time(Duration::from_secs(5));
+            g.bench_function("validate", |b| {
+                b.iter(|| {
+                    rt.block_on(check_query(&t.engine, &t.agreement, sql))
+                        .expect("valid")
+                })
+            });
+            g.bench_function("agregat", |b| {
+                b.iter(|| {
+                    rt.block_on(run_query(&t.engine, &t.agreement, sql))
+                        .expect("runs")
+                })
+            });
+            g.bench_function("raw", |b| b.iter(|| rt.block_on(raw(&t.engine, sql))));
+            g.finish();
+        }
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Interleaved runs: raw, agregat, raw, agregat, ... so both see the same
+/// machine load.
+fn ratios(rt: &tokio::runtime::Runtime, targets: &[Target]) {
+    println!(
+        "\n{:<40} {:>12} {:>12} {:>12} {:>8}",
+        "query", "validate", "raw", "agregat", "ratio"
+    );
+    for t in targets {
+        for (q, sql) in QUERIES {
+            let (mut r, mut a, mut v) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..7 {
+                let s = Instant::now();
+                rt.block_on(raw(&t.engine, sql));
+                r.push(s.elapsed());
+                let s = Instant::now();
+                let res = rt
+                    .block_on(run_query(&t.engine, &t.agreement, sql))
+                    .expect("runs");
+                a.push(s.elapsed());
+                std::hint::black_box(res);
+                let s = Instant::now();
+                rt.block_on(check_query(&t.engine, &t.agreement, sql))
+                    .expect("valid");
+                v.push(s.elapsed());
+            }
+            let (r, a, v) = (median(r), median(a), median(v));
+            println!(
+                "{:<40} {:>10.2}ms {:>10.2}ms {:>10.2}ms {:>8.2}",
+                format!("{}/{q}", t.name),
+                v.as_secs_f64() * 1e3,
+                r.as_secs_f64() * 1e3,
+                a.as_secs_f64() * 1e3,
+                a.as_secs_f64() / r.as_secs_f64()
+            );
+        }
+    }
+}
+
+fn main() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let targets = targets(&rt);
+    let mut c = Criterion::default().configure_from_args();
+    benches(&mut c, &rt, &targets);
+    ratios(&rt, &targets);
+    c.final_summary();
+}

@@ -1,0 +1,3 @@
+pub mod dp;
+pub mod ptable;
+pub mod suppress;
