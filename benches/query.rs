@@ -183,8 +183,76 @@ fn ratios(rt: &tokio::runtime::Runtime, targets: &[Target]) {
     }
 }
 
+/// Row-group size: a city-sized snapshot (690,000 people, one file) written
+/// with several row-group sizes, scanned with 1 and with all cores. Run with
+/// `AGREGAT_BENCH_ROWGROUPS=1`.
+fn row_groups(rt: &tokio::runtime::Runtime) {
+    let secret = RecordKeySecret::from_file(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/data-samples/SAMPLE-record-key-NOT-FOR-PRODUCTION.secret"
+    )))
+    .expect("sample secret");
+    let sql = "SELECT kode_kel, kelompok_umur(umur(tanggal_lahir), 5), jenis_kelamin, COUNT(*), COUNT(DISTINCT no_kk) FROM penduduk GROUP BY 1, 2, 3";
+    println!(
+        "\n{:<12} {:>8} {:>10} {:>12} {:>12} {:>8}",
+        "rows/group", "groups", "MB", "1 core", "all cores", "speedup"
+    );
+    for rows in [8 * 1024, 32 * 1024, 128 * 1024, 1024 * 1024] {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("target/bench-data/ptk-690k-rg{rows}"));
+        if !dir.join("manifest.json").exists() {
+            let mut opts = GenerateOptions::new(
+                "61.71",
+                Some(690_000),
+                42,
+                "2026-06-30".parse().expect("date"),
+                dir.clone(),
+            );
+            opts.rows_per_row_group = rows;
+            generate(&opts, &secret).expect("generate");
+        }
+        let snap = Snapshot::open(&dir, Verify::Structure).expect("snapshot");
+        let bytes: u64 = snap.manifest.files.iter().map(|f| f.bytes).sum();
+        let groups = snap.manifest.row_count.div_ceil(rows as u64);
+        let mut times = Vec::new();
+        for partitions in [
+            1,
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+        ] {
+            let config = EngineConfig {
+                target_partitions: partitions,
+                ..EngineConfig::default()
+            };
+            let engine = rt
+                .block_on(Engine::open(snap.clone(), config))
+                .expect("engine");
+            rt.block_on(raw(&engine, sql));
+            let mut t = Vec::new();
+            for _ in 0..5 {
+                let s = Instant::now();
+                rt.block_on(raw(&engine, sql));
+                t.push(s.elapsed());
+            }
+            times.push(median(t));
+        }
+        println!(
+            "{:<12} {:>8} {:>10.1} {:>10.1}ms {:>10.1}ms {:>8.2}",
+            rows,
+            groups,
+            bytes as f64 / 1e6,
+            times[0].as_secs_f64() * 1e3,
+            times[1].as_secs_f64() * 1e3,
+            times[0].as_secs_f64() / times[1].as_secs_f64()
+        );
+    }
+}
+
 fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
+    if std::env::var_os("AGREGAT_BENCH_ROWGROUPS").is_some() {
+        row_groups(&rt);
+        return;
+    }
     let targets = targets(&rt);
     let mut c = Criterion::default().configure_from_args();
     benches(&mut c, &rt, &targets);
