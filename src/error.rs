@@ -66,6 +66,12 @@ pub enum Error {
     Output(#[from] crate::output::OutputError),
     #[error("runtime I/O failure: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    PTable(crate::protect::ptable::PTableError),
+    #[error("{file}: {violations} ptable violations (listed above)")]
+    PTableCheck { file: String, violations: usize },
+    #[error(transparent)]
+    Suppress(crate::protect::suppress::SuppressError),
 }
 
 fn snapshot_category(e: &SnapshotError) -> ErrorCategory {
@@ -104,6 +110,8 @@ impl Error {
             }
             Error::Query(RunError::Engine(_)) | Error::Output(_) => ErrorCategory::Internal,
             Error::Runtime(_) => ErrorCategory::Io,
+            Error::PTable(_) | Error::Suppress(_) => ErrorCategory::Usage,
+            Error::PTableCheck { .. } => ErrorCategory::InvalidData,
         }
     }
 }

@@ -75,11 +75,48 @@ enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Perturbation tables for the cell-key method.
+    Ptable {
+        #[command(subcommand)]
+        command: PtableCommand,
+    },
+    /// Apply primary and secondary suppression to a table made elsewhere
+    /// (CSV with margins as empty, `Total` or `JUMLAH`) and print the pattern.
+    Suppress {
+        #[arg(long)]
+        input: PathBuf,
+        /// Dimension columns, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        dims: Vec<String>,
+        /// The count column.
+        #[arg(long)]
+        value: String,
+        /// Threshold: counts 1..k-1 are withheld.
+        #[arg(long, default_value_t = 10)]
+        k: u64,
+    },
     /// Snapshot maintenance.
     Snapshot {
         #[command(subcommand)]
         command: SnapshotCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum PtableCommand {
+    /// Generate a ptable (maximum-entropy construction) as CSV on stdout.
+    Generate {
+        #[arg(long)]
+        max_perturbation: u32,
+        #[arg(long)]
+        variance: f64,
+        #[arg(long)]
+        js: u32,
+        #[arg(long, default_value_t = 256)]
+        keys: u32,
+    },
+    /// Check a ptable CSV; every violation is reported with its row.
+    Check { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -159,6 +196,57 @@ fn run(cli: Cli) -> Result<(), agregat::Error> {
                         .map_err(agregat::Error::Runtime)?;
                 }
             }
+        }
+        Command::Ptable {
+            command:
+                PtableCommand::Generate {
+                    max_perturbation,
+                    variance,
+                    js,
+                    keys,
+                },
+        } => {
+            use agregat::protect::ptable::{PTable, PTableParams};
+            let t = PTable::generate(&PTableParams::new(max_perturbation, variance, js, keys))
+                .map_err(agregat::Error::PTable)?;
+            print!("{}", t.to_csv());
+        }
+        Command::Ptable {
+            command: PtableCommand::Check { file },
+        } => {
+            let text = std::fs::read_to_string(&file).map_err(agregat::Error::Runtime)?;
+            let name = file.display().to_string();
+            let t = agregat::protect::ptable::PTable::from_csv(&text, &name)
+                .map_err(agregat::Error::PTable)?;
+            let violations = t.check(None);
+            if violations.is_empty() {
+                println!(
+                    "{name}: OK ({} keys, rows 0..={}, |perturbation| <= {})",
+                    t.key_range(),
+                    t.max_value(),
+                    t.perturbation_bound()
+                );
+            } else {
+                for v in &violations {
+                    println!("{name}: {v}");
+                }
+                return Err(agregat::Error::PTableCheck {
+                    file: name,
+                    violations: violations.len(),
+                });
+            }
+        }
+        Command::Suppress {
+            input,
+            dims,
+            value,
+            k,
+        } => {
+            let text = std::fs::read_to_string(&input).map_err(agregat::Error::Runtime)?;
+            let (out, summary) = agregat::protect::suppress::suppress_csv(&text, &dims, &value, k)
+                .map_err(agregat::Error::Suppress)?;
+            print!("{out}");
+            eprintln!("{summary}");
         }
         Command::Snapshot {
             command: SnapshotCommand::Verify { dir },
