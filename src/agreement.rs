@@ -11,6 +11,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::catalog::{self, RegionScope, UnknownRegion};
+use crate::protect::Protection;
 
 /// Per-query limits.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -37,8 +38,8 @@ impl Default for QueryLimits {
     }
 }
 
-/// The parts of an agreement the query gate enforces.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The parts of an agreement the query gate and protection enforce.
+#[derive(Debug, Clone)]
 pub struct Agreement {
     pub id: String,
     /// Permitted `penduduk` columns, by catalog name.
@@ -47,6 +48,8 @@ pub struct Agreement {
     pub minister_permission: BTreeSet<String>,
     pub scope: RegionScope,
     pub limits: QueryLimits,
+    /// How released cells are protected.
+    pub protection: Protection,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +142,7 @@ impl Agreement {
             minister_permission,
             scope,
             limits,
+            protection: Protection::default(),
         })
     }
 

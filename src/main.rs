@@ -186,7 +186,7 @@ fn run(cli: Cli) -> Result<(), agregat::Error> {
                         .await?;
                 agregat::query::run_query(&engine, &agreement, &sql).await
             })?;
-            let bytes = agregat::output::encode(&result, format)?;
+            let bytes = agregat::output::encode(&result.table, format)?;
             match output {
                 Some(path) => std::fs::write(&path, bytes).map_err(agregat::Error::Runtime)?,
                 None => {

@@ -1,11 +1,19 @@
-//! Encoding results for people and programs: an aligned text table, CSV,
-//! JSON (an object with `columns` and `rows`), or Parquet.
+//! Encoding released tables for people and programs: an aligned text table,
+//! CSV, JSON (`columns`, `rows` and `protection`), or Parquet (the
+//! protection metadata as the key-value entry `agregat.protection`, which
+//! pyarrow and polars read). Only a [`ProtectedTable`] can be encoded.
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::parquet::arrow::ArrowWriter;
 
-use crate::query::QueryResult;
+use datafusion::parquet::file::metadata::KeyValue;
+use datafusion::parquet::file::properties::WriterProperties;
+
+use crate::protect::ProtectedTable;
+
+/// Parquet key-value metadata key holding the protection metadata (JSON).
+pub const PARQUET_METADATA_KEY: &str = "agregat.protection";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -42,20 +50,21 @@ fn cells(batch: &RecordBatch) -> Result<Vec<Vec<Option<String>>>, OutputError> {
         .collect())
 }
 
-pub fn encode(result: &QueryResult, format: Format) -> Result<Vec<u8>, OutputError> {
+pub fn encode(result: &ProtectedTable, format: Format) -> Result<Vec<u8>, OutputError> {
+    let metadata = serde_json::to_value(result.metadata()).expect("metadata serialises");
     let names: Vec<String> = result
-        .schema
+        .schema()
         .fields()
         .iter()
         .map(|f| f.name().clone())
         .collect();
     let mut rows = Vec::new();
-    for b in &result.batches {
+    for b in result.batches() {
         rows.extend(cells(b)?);
     }
     Ok(match format {
         Format::Table => {
-            let batches = &result.batches;
+            let batches = result.batches();
             let mut s =
                 datafusion::arrow::util::pretty::pretty_format_batches(batches)?.to_string();
             s.push('\n');
@@ -76,7 +85,7 @@ pub fn encode(result: &QueryResult, format: Format) -> Result<Vec<u8>, OutputErr
                 .map(|r| {
                     serde_json::Value::Array(
                         r.iter()
-                            .zip(result.schema.fields())
+                            .zip(result.schema().fields())
                             .map(|(c, f)| match c {
                                 None => serde_json::Value::Null,
                                 Some(v) if f.data_type().is_numeric() => v
@@ -89,16 +98,23 @@ pub fn encode(result: &QueryResult, format: Format) -> Result<Vec<u8>, OutputErr
                     )
                 })
                 .collect();
-            let mut v =
-                serde_json::to_vec_pretty(&serde_json::json!({ "columns": names, "rows": rows }))
-                    .expect("JSON values serialise");
+            let mut v = serde_json::to_vec_pretty(
+                &serde_json::json!({ "columns": names, "rows": rows, "protection": metadata }),
+            )
+            .expect("JSON values serialise");
             v.push(b'\n');
             v
         }
         Format::Parquet => {
             let mut buf = Vec::new();
-            let mut w = ArrowWriter::try_new(&mut buf, result.schema.clone(), None)?;
-            for b in &result.batches {
+            let props = WriterProperties::builder()
+                .set_key_value_metadata(Some(vec![KeyValue::new(
+                    PARQUET_METADATA_KEY.to_string(),
+                    metadata.to_string(),
+                )]))
+                .build();
+            let mut w = ArrowWriter::try_new(&mut buf, result.schema().clone(), Some(props))?;
+            for b in result.batches() {
                 w.write(b)?;
             }
             w.close()?;

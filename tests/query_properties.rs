@@ -9,6 +9,9 @@ use std::sync::OnceLock;
 
 use agregat::agreement::Agreement;
 use agregat::catalog::{self, ColumnClass, RegionScope};
+use agregat::protect::dp::DpBudget;
+use agregat::protect::ptable::PTable;
+use agregat::protect::{Method, Protection, SparsityRule};
 use agregat::query::{Engine, EngineConfig, RunError, run_query};
 use agregat::warehouse::{Snapshot, Verify};
 use datafusion::arrow::array::{Array, AsArray};
@@ -29,7 +32,16 @@ fn fixture() -> &'static Fixture {
         let engine = rt
             .block_on(Engine::open(snap, EngineConfig::default()))
             .unwrap();
-        let agreement = Agreement::unrestricted("prop", RegionScope::parse("61.71").unwrap());
+        let mut agreement = Agreement::unrestricted("prop", RegionScope::parse("61.71").unwrap());
+        // Gate and grid properties: differential privacy releases SUM and
+        // AVG too (cell-key does not), and noise does not change the grid.
+        agreement.protection = Protection {
+            method: Method::Dp {
+                budget: DpBudget::ZCdp { rho: 1.0 },
+                k: 1,
+            },
+            sparsity: SparsityRule::default(),
+        };
         Fixture {
             rt,
             engine,
@@ -183,7 +195,7 @@ proptest! {
                 // The complete declared grid, no more, no fewer rows.
                 prop_assert_eq!(r.num_rows(), cells, "grid size of {}", sql);
                 // No identifier-looking value in any output cell.
-                for b in &r.batches {
+                for b in r.table.batches() {
                     for col in b.columns() {
                         if let DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 = col.data_type() {
                             let s = datafusion::arrow::compute::cast(col, &DataType::Utf8).unwrap();
@@ -214,16 +226,34 @@ proptest! {
 #[test]
 fn counts_add_up_to_the_population() {
     let f = fixture();
+    let mut agreement = f.agreement.clone();
+    agreement.protection = Protection {
+        method: Method::CellKey {
+            ptable: std::sync::Arc::new(
+                PTable::from_csv(
+                    "cell_value,cell_key,perturbation\n0,0,0\n1,0,0\n2,0,0\n",
+                    "identity",
+                )
+                .unwrap(),
+            ),
+            k: 1,
+        },
+        sparsity: SparsityRule {
+            max_ones_share: 1.0,
+            max_ones_twos_share: 1.0,
+        },
+    };
     let r =
         f.rt.block_on(run_query(
             &f.engine,
-            &f.agreement,
+            &agreement,
             "SELECT kode_kel, agama, COUNT(*) AS n FROM penduduk GROUP BY kode_kel, agama",
         ))
         .unwrap();
     assert_eq!(r.num_rows(), 29 * 7);
     let total: i64 = r
-        .batches
+        .table
+        .batches()
         .iter()
         .map(|b| {
             let n = b

@@ -32,6 +32,8 @@
 //! `SQL_CORPUS_FILTER=substring` runs only the cases whose `file:line` or SQL
 //! contains the substring.
 
+use agregat::protect::ptable::PTable;
+use agregat::protect::{Method, Protection, SparsityRule};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::panic::AssertUnwindSafe;
@@ -302,7 +304,44 @@ fn agreements() -> BTreeMap<&'static str, Agreement> {
         )
         .unwrap(),
     );
+    // The corpus checks the gate and the grid against true counts computed
+    // independently (DuckDB): an identity ptable (no perturbation), k = 1
+    // and no sparsity refusal. Real protection is tested in tests/protect.rs.
+    for a in m.values_mut() {
+        a.protection = identity_protection();
+    }
+    // SUM and AVG are released only under differential privacy: a budget so
+    // large that the noise is zero with overwhelming probability lets the
+    // corpus check their values too.
+    let mut dp = Agreement::unrestricted("dp_exact", scope());
+    dp.protection = Protection {
+        method: Method::Dp {
+            budget: agregat::protect::dp::DpBudget::ZCdp { rho: 1e12 },
+            k: 1,
+        },
+        sparsity: SparsityRule::default(),
+    };
+    m.insert("dp_exact", dp);
     m
+}
+
+/// Protection that releases true values, for checking the gate only.
+fn identity_protection() -> Protection {
+    let ptable = PTable::from_csv(
+        "cell_value,cell_key,perturbation\n0,0,0\n1,0,0\n2,0,0\n",
+        "identity",
+    )
+    .unwrap();
+    Protection {
+        method: Method::CellKey {
+            ptable: std::sync::Arc::new(ptable),
+            k: 1,
+        },
+        sparsity: SparsityRule {
+            max_ones_share: 1.0,
+            max_ones_twos_share: 1.0,
+        },
+    }
 }
 
 fn format_batches(batches: &[RecordBatch]) -> Result<Vec<String>, String> {
@@ -310,7 +349,10 @@ fn format_batches(batches: &[RecordBatch]) -> Result<Vec<String>, String> {
     for batch in batches {
         for row in 0..batch.num_rows() {
             let mut cells = Vec::with_capacity(batch.num_columns());
-            for col in batch.columns() {
+            for (field, col) in batch.schema().fields().iter().zip(batch.columns()) {
+                if field.name() == agregat::protect::SUPPRESSION_COLUMN {
+                    continue;
+                }
                 if col.is_null(row) {
                     cells.push("NULL".to_string());
                 } else {
@@ -378,7 +420,7 @@ async fn run_case(engine: &Engine, agreement: &Agreement, case: &Case) -> Outcom
             },
             Ok(res),
         ) => {
-            let mut actual = match format_batches(&res.batches) {
+            let mut actual = match format_batches(res.table.batches()) {
                 Ok(a) => a,
                 Err(e) => return Outcome::Fail(format!("cannot format the result: {e}")),
             };
@@ -414,7 +456,7 @@ async fn run_case(engine: &Engine, agreement: &Agreement, case: &Case) -> Outcom
         )),
         (_, Err(RunError::Engine(e))) => Outcome::Fail(format!("internal engine failure: {e}")),
         (Expect::Reject { codes }, Ok(res)) => {
-            let actual = format_batches(&res.batches).unwrap_or_default();
+            let actual = format_batches(res.table.batches()).unwrap_or_default();
             Outcome::Fail(format!(
                 "expected rejection [{}], but the query was accepted; {} rows:\n{}",
                 codes.join("|"),

@@ -1,3 +1,643 @@
+//! Disclosure control: turns the complete aggregate grid (true values) into
+//! released values. Nothing leaves the process unprotected: the encoders
+//! take only a [`ProtectedTable`], which only [`protect`] can build.
+//!
+//! Methods (one per agreement):
+//!
+//! - **Cell-key perturbation** (default, [`ptable`]): each count cell's key is
+//!   the sum of its people's record keys modulo the ptable's key range,
+//!   computed in the same aggregate pass as the count. Published count =
+//!   `ptable.perturb(count, key)`: the same people always get the same noise,
+//!   whichever query produced the cell; zero stays zero. Cells whose true
+//!   count is in 1..k-1 are withheld (primary); when the table has margins
+//!   (ROLLUP, CUBE, GROUPING SETS), complementary cells are withheld too
+//!   ([`suppress`]), so no withheld cell is derivable from published ones.
+//!   The sparsity rule refuses tables (or blocks areas) that are mostly ones
+//!   and twos. SUM and AVG need a DP agreement.
+//! - **Differential privacy** ([`dp`], OpenDP): discrete Gaussian (zCDP, ρ)
+//!   or discrete Laplace (ε) noise on every cell of the grid, zeros included;
+//!   sensitivity from the plan (one cell per grouping set per person); the
+//!   per-query budget is split evenly over the released aggregates (AVG =
+//!   noisy sum / noisy count counts twice); the charge is the sum of what
+//!   OpenDP's privacy maps return. Noisy values are rounded, clamped at 0 and
+//!   withheld below the threshold k (on noisy values only).
+//!
+//! Withheld cells are NULL in every format, and the `suppression` column of
+//! the row says why: `primary`, `secondary` or `blocked` (area failing the
+//! sparsity rule). The cell key, the true count and the perturbation never
+//! appear in any output, log, error or audit entry.
+
 pub mod dp;
 pub mod ptable;
 pub mod suppress;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use serde::Serialize;
+
+use self::dp::{DpBudget, DpCharge};
+use self::ptable::{PTable, PTableParams};
+use self::suppress::{GridCell, GridTable, Suppression};
+use crate::query::validate::AggregateKind;
+use crate::query::{Code, QueryError};
+
+/// Name of the per-row status column.
+pub const SUPPRESSION_COLUMN: &str = "suppression";
+
+/// The sparsity rule of SuperSTAR and Cantabular, on interior cells.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SparsityRule {
+    /// Refuse when ones / non-zero cells exceeds this.
+    pub max_ones_share: f64,
+    /// Refuse when (ones + twos) / non-zero cells exceeds this.
+    pub max_ones_twos_share: f64,
+}
+
+impl Default for SparsityRule {
+    fn default() -> Self {
+        SparsityRule {
+            max_ones_share: 0.25,
+            max_ones_twos_share: 0.5,
+        }
+    }
+}
+
+/// The protection an agreement prescribes.
+#[derive(Debug, Clone)]
+pub enum Method {
+    CellKey { ptable: Arc<PTable>, k: u64 },
+    Dp { budget: DpBudget, k: u64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct Protection {
+    pub method: Method,
+    pub sparsity: SparsityRule,
+}
+
+impl Protection {
+    /// Cell-key with a generated ptable (D = 5, V = 2, js = 2, 256 keys) and
+    /// k = 10.
+    pub fn default_cell_key() -> Protection {
+        static DEFAULT: std::sync::OnceLock<Arc<PTable>> = std::sync::OnceLock::new();
+        let ptable = DEFAULT.get_or_init(|| {
+            Arc::new(
+                PTable::generate(&PTableParams::new(5, 2.0, 2, 256))
+                    .expect("the default ptable parameters are valid"),
+            )
+        });
+        Protection {
+            method: Method::CellKey {
+                ptable: Arc::clone(ptable),
+                k: 10,
+            },
+            sparsity: SparsityRule::default(),
+        }
+    }
+}
+
+impl Default for Protection {
+    fn default() -> Self {
+        Protection::default_cell_key()
+    }
+}
+
+/// How a release was protected, carried in JSON and Parquet metadata.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseMetadata {
+    pub method: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ptable: Option<PtableInfo>,
+    pub k: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dp: Option<DpInfo>,
+    pub cells: usize,
+    pub primary_suppressed: usize,
+    pub secondary_suppressed: usize,
+    pub blocked_areas: Vec<String>,
+    pub snapshot: String,
+    pub tanggal_data: String,
+    /// A plain-language note for the reader (Bahasa Indonesia).
+    pub catatan: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PtableInfo {
+    pub name: String,
+    pub sha256: String,
+    pub max_perturbation: u32,
+    pub variance: f64,
+    pub js: u32,
+    pub keys: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DpInfo {
+    pub budget: DpBudget,
+    /// Privacy loss charged, as OpenDP's maps returned it (summed).
+    pub charge: DpCharge,
+    /// Noise scale and 95% margin of error per released column; every cell
+    /// of a column has the same margin.
+    pub columns: BTreeMap<String, DpColumn>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DpColumn {
+    pub scale: f64,
+    pub margin_of_error_95: f64,
+}
+
+/// Released values: the only input the post-plan and the encoders accept.
+#[derive(Debug, Clone)]
+pub struct ProtectedTable {
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    metadata: ReleaseMetadata,
+}
+
+impl ProtectedTable {
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+    pub fn batches(&self) -> &[RecordBatch] {
+        &self.batches
+    }
+    pub fn metadata(&self) -> &ReleaseMetadata {
+        &self.metadata
+    }
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+    /// The same release after a post-processing step on released values
+    /// only (HAVING, ORDER BY, LIMIT, projection).
+    pub(crate) fn map_released(
+        self,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> ProtectedTable {
+        ProtectedTable {
+            schema,
+            batches,
+            metadata: self.metadata,
+        }
+    }
+}
+
+/// The completed aggregate grid as the engine hands it over.
+pub(crate) struct TrueTable<'a> {
+    /// Group key columns (including `__grouping_id` for grouping sets),
+    /// then one column per aggregate, then (cell-key) one cell-key sum per
+    /// count aggregate.
+    pub batch: &'a RecordBatch,
+    pub key_columns: usize,
+    pub aggregates: &'a [AggregateKind],
+    pub grouping_sets: usize,
+    pub snapshot: String,
+    pub tanggal_data: String,
+}
+
+fn is_count(k: &AggregateKind) -> bool {
+    matches!(
+        k,
+        AggregateKind::CountRows | AggregateKind::CountColumn | AggregateKind::CountHouseholds
+    )
+}
+
+fn int_values(a: &ArrayRef) -> Vec<i64> {
+    let a = cast(a, &DataType::Int64).expect("counts and sums cast to Int64");
+    let a = a.as_primitive::<Int64Type>();
+    (0..a.len())
+        .map(|i| if a.is_null(i) { 0 } else { a.value(i) })
+        .collect()
+}
+
+/// Whether key `j` of `n` is rolled up in a row with this grouping id
+/// (DataFusion sets bit `n-1-j` for a key left out of the grouping set).
+fn rolled_up(grouping_id: u64, j: usize, n: usize) -> bool {
+    grouping_id >> (n - 1 - j) & 1 == 1
+}
+
+struct Layout {
+    /// Group key columns without `__grouping_id`.
+    dims: usize,
+    grouping_ids: Option<Vec<u64>>,
+}
+
+fn layout(t: &TrueTable<'_>) -> Layout {
+    let schema = t.batch.schema();
+    let has_gid = t.key_columns > 0 && schema.field(t.key_columns - 1).name() == "__grouping_id";
+    let grouping_ids = has_gid.then(|| {
+        let a = cast(t.batch.column(t.key_columns - 1), &DataType::UInt64).expect("grouping id");
+        let a = a.as_primitive::<datafusion::arrow::datatypes::UInt64Type>();
+        (0..a.len()).map(|i| a.value(i)).collect()
+    });
+    Layout {
+        dims: t.key_columns - usize::from(has_gid),
+        grouping_ids,
+    }
+}
+
+fn key_string(a: &ArrayRef, row: usize) -> String {
+    if a.is_null(row) {
+        return "\u{2205}".to_string();
+    }
+    datafusion::arrow::util::display::array_value_to_string(a, row).unwrap_or_default()
+}
+
+fn sparsity_error(what: &str, share1: f64, share12: f64) -> QueryError {
+    QueryError::new(
+        Code::TableTooSparse,
+        format!(
+            "{what} is too sparse to release ({:.0}% of non-empty cells are 1, {:.0}% are 1 or 2); use coarser dimensions, e.g. kelompok_umur(umur(tanggal_lahir), 5) instead of single years, or kode_kec instead of kode_kel",
+            share1 * 100.0,
+            share12 * 100.0
+        ),
+    )
+}
+
+fn sparse(counts: &[i64], rule: &SparsityRule) -> Option<(f64, f64)> {
+    let nonzero = counts.iter().filter(|&&c| c != 0).count();
+    if nonzero == 0 {
+        return None;
+    }
+    let ones = counts.iter().filter(|&&c| c == 1).count() as f64 / nonzero as f64;
+    let twos = counts.iter().filter(|&&c| c == 2).count() as f64 / nonzero as f64;
+    (ones > rule.max_ones_share || ones + twos > rule.max_ones_twos_share)
+        .then_some((ones, ones + twos))
+}
+
+/// Protects a completed aggregate grid. The result has the grid's group
+/// key and aggregate columns (released values, NULL where withheld) and a
+/// `suppression` column.
+pub(crate) fn protect(
+    t: TrueTable<'_>,
+    protection: &Protection,
+) -> Result<ProtectedTable, QueryError> {
+    let rows = t.batch.num_rows();
+    let lay = layout(&t);
+    let agg_col = |i: usize| t.batch.column(t.key_columns + i);
+    let interior: Vec<bool> = (0..rows)
+        .map(|r| lay.grouping_ids.as_ref().is_none_or(|g| g[r] == 0))
+        .collect();
+    let first_count = t.aggregates.iter().position(is_count);
+    let mut status: Vec<Option<&'static str>> = vec![None; rows];
+    let mut blocked_areas = Vec::new();
+    let mut released: Vec<ArrayRef> = Vec::with_capacity(t.aggregates.len());
+    let (method, ptable_info, k, dp_info);
+    let (mut primary, mut secondary) = (0, 0);
+
+    match &protection.method {
+        Method::CellKey { ptable, k: kk } => {
+            k = *kk;
+            if t.aggregates
+                .iter()
+                .any(|a| matches!(a, AggregateKind::Sum { .. } | AggregateKind::Avg { .. }))
+            {
+                return Err(QueryError::new(
+                    Code::AggregateNotAllowed,
+                    "SUM and AVG are released only under differential privacy; this agreement uses the cell-key method, so count people instead (e.g. COUNT(*) per age band)",
+                ));
+            }
+            let counts: Vec<Vec<i64>> = (0..t.aggregates.len())
+                .map(|i| int_values(agg_col(i)))
+                .collect();
+            // Sparsity, on the interior cells of the first count.
+            if let Some(fc) = first_count {
+                let first_is_region =
+                    lay.dims > 0 && t.batch.schema().field(0).name().starts_with("kode_");
+                if first_is_region {
+                    let mut areas: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+                    for r in (0..rows).filter(|&r| interior[r]) {
+                        areas
+                            .entry(key_string(t.batch.column(0), r))
+                            .or_default()
+                            .push(counts[fc][r]);
+                    }
+                    for (area, cells) in &areas {
+                        if sparse(cells, &protection.sparsity).is_some() {
+                            blocked_areas.push(area.clone());
+                        }
+                    }
+                    for (r, st) in status.iter_mut().enumerate() {
+                        if !t.batch.column(0).is_null(r)
+                            && blocked_areas.contains(&key_string(t.batch.column(0), r))
+                        {
+                            *st = Some("blocked");
+                        }
+                    }
+                } else {
+                    let cells: Vec<i64> = (0..rows)
+                        .filter(|&r| interior[r])
+                        .map(|r| counts[fc][r])
+                        .collect();
+                    if let Some((s1, s12)) = sparse(&cells, &protection.sparsity) {
+                        return Err(sparsity_error("the table", s1, s12));
+                    }
+                }
+            }
+            // Primary and secondary suppression on true counts. Margins are
+            // additive in COUNT(*) and COUNT(col), not in household counts.
+            let additive = t
+                .aggregates
+                .iter()
+                .position(|a| matches!(a, AggregateKind::CountRows | AggregateKind::CountColumn))
+                .or(first_count);
+            let value: Vec<u64> = match additive {
+                Some(i) => counts[i].iter().map(|&c| c.max(0) as u64).collect(),
+                None => vec![0; rows],
+            };
+            let any_small: Vec<bool> = (0..rows)
+                .map(|r| counts.iter().any(|c| c[r] > 0 && (c[r] as u64) < k))
+                .collect();
+            let mut pattern: Vec<Option<Suppression>> =
+                if let Some(gids) = lay.grouping_ids.as_ref().filter(|_| t.grouping_sets > 1) {
+                    let dims: Vec<String> = (0..lay.dims)
+                        .map(|j| t.batch.schema().field(j).name().clone())
+                        .collect();
+                    let cells = (0..rows)
+                        .map(|r| GridCell {
+                            coords: (0..lay.dims)
+                                .map(|j| {
+                                    (!rolled_up(gids[r], j, lay.dims))
+                                        .then(|| key_string(t.batch.column(j), r))
+                                })
+                                .collect(),
+                            value: value[r],
+                        })
+                        .collect();
+                    let grid = GridTable { dims, cells };
+                    match suppress::suppress(&grid, k) {
+                        Ok(p) => p,
+                        // Margins that are not sums of their parts (household
+                        // counts): withhold every margin, so none can be used.
+                        Err(_) => (0..rows)
+                            .map(|r| {
+                                if any_small[r] {
+                                    Some(Suppression::Primary)
+                                } else if gids[r] != 0 {
+                                    Some(Suppression::Secondary)
+                                } else {
+                                    None
+                                }
+                            })
+                            .collect(),
+                    }
+                } else {
+                    vec![None; rows]
+                };
+            for r in 0..rows {
+                if any_small[r] && pattern[r].is_none() {
+                    pattern[r] = Some(Suppression::Primary);
+                }
+            }
+            for (r, p) in pattern.iter().enumerate() {
+                if status[r].is_some() {
+                    continue;
+                }
+                match p {
+                    Some(Suppression::Primary) => {
+                        status[r] = Some("primary");
+                        primary += 1;
+                    }
+                    Some(Suppression::Secondary) => {
+                        status[r] = Some("secondary");
+                        secondary += 1;
+                    }
+                    None => {}
+                }
+            }
+            // Perturb.
+            let nkey = t.aggregates.iter().filter(|a| is_count(a)).count();
+            let mut key_idx = 0;
+            for (i, kind) in t.aggregates.iter().enumerate() {
+                if !is_count(kind) {
+                    released.push(Arc::clone(agg_col(i)));
+                    continue;
+                }
+                let keys = int_values(t.batch.column(t.key_columns + t.aggregates.len() + key_idx));
+                key_idx += 1;
+                let range = i64::from(ptable.key_range());
+                let out: Int64Array = (0..rows)
+                    .map(|r| {
+                        status[r].is_none().then(|| {
+                            let key = keys[r].rem_euclid(range) as u32;
+                            ptable.perturb(counts[i][r].max(0) as u64, key) as i64
+                        })
+                    })
+                    .collect();
+                released.push(Arc::new(out));
+            }
+            debug_assert_eq!(key_idx, nkey);
+            let params = ptable.params();
+            method = "cell_key";
+            ptable_info = Some(PtableInfo {
+                name: ptable.name().to_string(),
+                sha256: ptable.sha256(),
+                max_perturbation: ptable.perturbation_bound(),
+                variance: params.map_or(0.0, |p| p.variance),
+                js: params.map_or(0, |p| p.js),
+                keys: ptable.key_range(),
+            });
+            dp_info = None;
+        }
+        Method::Dp { budget, k: kk } => {
+            k = *kk;
+            let parts: usize = t
+                .aggregates
+                .iter()
+                .map(|a| match a {
+                    AggregateKind::Avg { .. } => 2,
+                    AggregateKind::Grouping => 0,
+                    _ => 1,
+                })
+                .sum::<usize>()
+                .max(1);
+            let share = match *budget {
+                DpBudget::ZCdp { rho } => DpBudget::ZCdp {
+                    rho: rho / parts as f64,
+                },
+                DpBudget::PureDp { epsilon } => DpBudget::PureDp {
+                    epsilon: epsilon / parts as f64,
+                },
+            };
+            let mut charge = 0.0;
+            let mut columns = BTreeMap::new();
+            let schema = t.batch.schema();
+            let dp_err = |e: dp::DpError| {
+                QueryError::new(Code::InvalidValue, format!("differential privacy: {e}"))
+            };
+            let mut noisy_first: Option<Vec<i64>> = None;
+            let mut avg_seen = 0;
+            for (i, kind) in t.aggregates.iter().enumerate() {
+                let name = schema.field(t.key_columns + i).name().clone();
+                let truth = int_values(agg_col(i));
+                let col: ArrayRef = match *kind {
+                    AggregateKind::CountRows
+                    | AggregateKind::CountColumn
+                    | AggregateKind::CountHouseholds => {
+                        let rel =
+                            dp::noisy_counts(&truth, t.grouping_sets, share).map_err(dp_err)?;
+                        charge += rel.charge.value();
+                        columns.insert(
+                            name,
+                            DpColumn {
+                                scale: rel.scale,
+                                margin_of_error_95: rel.margin_of_error_95,
+                            },
+                        );
+                        let v: Vec<i64> = rel.values.iter().map(|&x| x.max(0)).collect();
+                        if noisy_first.is_none() {
+                            noisy_first = Some(v.clone());
+                        }
+                        Arc::new(Int64Array::from(v))
+                    }
+                    AggregateKind::Sum { lo, hi } => {
+                        let rel = dp::noisy_sums(
+                            &truth,
+                            lo.floor() as i64,
+                            hi.ceil() as i64,
+                            t.grouping_sets,
+                            share,
+                        )
+                        .map_err(dp_err)?;
+                        charge += rel.charge.value();
+                        columns.insert(
+                            name,
+                            DpColumn {
+                                scale: rel.scale,
+                                margin_of_error_95: rel.margin_of_error_95,
+                            },
+                        );
+                        Arc::new(Int64Array::from(rel.values.clone()))
+                    }
+                    AggregateKind::Avg { lo, hi } => {
+                        // AVG = noisy sum / noisy count; the engine appended
+                        // SUM(x) and COUNT(x) for each AVG, in order.
+                        let base = t.key_columns + t.aggregates.len() + 2 * avg_seen;
+                        avg_seen += 1;
+                        let sums = int_values(t.batch.column(base));
+                        let counts = int_values(t.batch.column(base + 1));
+                        let s = dp::noisy_sums(
+                            &sums,
+                            lo.floor() as i64,
+                            hi.ceil() as i64,
+                            t.grouping_sets,
+                            share,
+                        )
+                        .map_err(dp_err)?;
+                        let c =
+                            dp::noisy_counts(&counts, t.grouping_sets, share).map_err(dp_err)?;
+                        charge += s.charge.value() + c.charge.value();
+                        columns.insert(
+                            name,
+                            DpColumn {
+                                scale: s.scale,
+                                margin_of_error_95: s.margin_of_error_95,
+                            },
+                        );
+                        let v: Float64Array = (0..rows)
+                            .map(|r| {
+                                (c.values[r] > 0).then(|| {
+                                    (s.values[r] as f64 / c.values[r] as f64).clamp(lo, hi)
+                                })
+                            })
+                            .collect();
+                        Arc::new(v)
+                    }
+                    AggregateKind::Grouping => Arc::clone(agg_col(i)),
+                };
+                released.push(col);
+            }
+            // Threshold on noisy values only.
+            if let Some(noisy) = &noisy_first {
+                for r in 0..rows {
+                    if noisy[r] > 0 && (noisy[r] as u64) < k {
+                        status[r] = Some("primary");
+                        primary += 1;
+                    }
+                }
+            }
+            method = "dp";
+            ptable_info = None;
+            let charge = match budget {
+                DpBudget::ZCdp { .. } => DpCharge::Rho(charge),
+                DpBudget::PureDp { .. } => DpCharge::Epsilon(charge),
+            };
+            dp_info = Some(DpInfo {
+                budget: *budget,
+                charge,
+                columns,
+            });
+        }
+    }
+
+    // Withheld cells are NULL.
+    let withheld: Vec<bool> = status.iter().map(Option::is_some).collect();
+    let released: Vec<ArrayRef> = released
+        .into_iter()
+        .map(|a| {
+            if withheld.iter().any(|&w| w) {
+                let keep = datafusion::arrow::array::BooleanArray::from(
+                    withheld.iter().map(|w| !w).collect::<Vec<_>>(),
+                );
+                datafusion::arrow::compute::nullif(
+                    &a,
+                    &datafusion::arrow::compute::not(&keep).expect("not"),
+                )
+                .expect("nullif on equal lengths")
+            } else {
+                a
+            }
+        })
+        .collect();
+    let mut fields: Vec<Field> = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    let schema = t.batch.schema();
+    for j in 0..t.key_columns {
+        fields.push(schema.field(j).as_ref().clone());
+        columns.push(Arc::clone(t.batch.column(j)));
+    }
+    for (i, a) in released.into_iter().enumerate() {
+        let f = schema.field(t.key_columns + i);
+        fields.push(Field::new(f.name(), a.data_type().clone(), true));
+        columns.push(a);
+    }
+    fields.push(Field::new(SUPPRESSION_COLUMN, DataType::Utf8, true));
+    columns.push(Arc::new(status.iter().copied().collect::<StringArray>()));
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(Arc::clone(&schema), columns)
+        .map_err(|e| QueryError::new(Code::InvalidValue, e.to_string()))?;
+    let catatan = match method {
+        "cell_key" => format!(
+            "Angka telah diacak ±{} untuk melindungi kerahasiaan; sel dengan jumlah 1 sampai {} tidak ditampilkan; total mungkin tidak sama dengan jumlah rinciannya.",
+            ptable_info.as_ref().map_or(0, |p| p.max_perturbation),
+            k.saturating_sub(1)
+        ),
+        _ => format!(
+            "Angka mengandung derau acak (differential privacy) untuk melindungi kerahasiaan; lihat margin of error tiap kolom; sel di bawah {k} tidak ditampilkan; total mungkin tidak sama dengan jumlah rinciannya."
+        ),
+    };
+    Ok(ProtectedTable {
+        schema,
+        batches: vec![batch],
+        metadata: ReleaseMetadata {
+            method,
+            ptable: ptable_info,
+            k,
+            dp: dp_info,
+            cells: rows,
+            primary_suppressed: primary,
+            secondary_suppressed: secondary,
+            blocked_areas,
+            snapshot: t.snapshot,
+            tanggal_data: t.tanggal_data,
+            catatan,
+        },
+    })
+}

@@ -41,6 +41,7 @@ use super::validate::{AggregateKind, ValidatedPlan, validate};
 use crate::agreement::Agreement;
 use crate::catalog::{self, Domain, RegionLevel};
 use crate::generate::{date_to_days, days_to_date};
+use crate::protect::{Method, ProtectedTable, SUPPRESSION_COLUMN, TrueTable, protect};
 
 /// Largest domain table built to enumerate a grid.
 const MAX_DOMAIN_ROWS: u64 = 4_000_000;
@@ -48,8 +49,8 @@ const MAX_DOMAIN_ROWS: u64 = 4_000_000;
 /// The answer to a query (before protection in this version).
 #[derive(Debug)]
 pub struct QueryResult {
-    pub schema: SchemaRef,
-    pub batches: Vec<RecordBatch>,
+    /// The released table: protected values, HAVING/ORDER BY/LIMIT applied.
+    pub table: ProtectedTable,
     /// Cells of the complete aggregate grid (before HAVING/LIMIT).
     pub cells: usize,
     pub plan: ValidatedPlan,
@@ -61,7 +62,7 @@ pub struct QueryResult {
 
 impl QueryResult {
     pub fn num_rows(&self) -> usize {
-        self.batches.iter().map(RecordBatch::num_rows).sum()
+        self.table.num_rows()
     }
 
     /// The executed plan (scope applied), indented, for logs and tests.
@@ -125,18 +126,30 @@ async fn run_inner(
         )
         .into());
     }
-    let aggregate = validated.aggregate().clone();
+    let aggregate = match &agreement.protection.method {
+        Method::CellKey { ptable, .. } => with_cell_keys(&validated, ptable.key_range())?,
+        Method::Dp { .. } => with_avg_parts(&validated)?,
+    };
     let found = collect(engine, aggregate).await?;
     let (table, outside_grid) = complete(&grid, &found, &validated)?;
     let cells = table.num_rows();
-
-    // ---- Protection slots in here: `table` holds true values and must be
-    // ---- turned into released values before the post-plan reads it.
-
-    let (schema, batches) = post_plan(engine, &validated, table).await?;
+    let snapshot = engine.snapshot();
+    // Protection: from here on only released values exist.
+    let protected = protect(
+        TrueTable {
+            batch: &table,
+            key_columns: key_columns(&validated, &grid),
+            aggregates: &validated.aggregates,
+            grouping_sets: validated.grouping_sets,
+            snapshot: snapshot.id().to_string(),
+            tanggal_data: snapshot.manifest.tanggal_data.to_string(),
+        },
+        &agreement.protection,
+    )?;
+    drop(table);
+    let table = post_plan(engine, &validated, protected).await?;
     Ok(QueryResult {
-        schema,
-        batches,
+        table,
         cells,
         plan: validated,
         outside_grid,
@@ -504,6 +517,7 @@ fn complete(
     v: &ValidatedPlan,
 ) -> Result<(RecordBatch, usize), RunError> {
     let nkeys = key_columns(v, grid);
+    let extra = found.num_columns() - grid.num_columns();
     if nkeys == 0 {
         // A grand total: one cell, always present in the aggregate's output.
         return Ok((found.clone(), 0));
@@ -577,9 +591,162 @@ fn complete(
         };
         columns.push(filled);
     }
-    RecordBatch::try_new(grid.schema(), columns)
+    // Cell keys (cell-key method): zero for empty cells, whose published
+    // value is zero whatever the key.
+    let mut fields: Vec<Field> = grid
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    for j in 0..extra {
+        let c = grid.num_columns() + j;
+        let taken =
+            take(found.column(c).as_ref(), &take_idx, None).map_err(|e| internal(e.to_string()))?;
+        let taken = datafusion::arrow::compute::cast(&taken, &DataType::Int64)
+            .map_err(|e| internal(e.to_string()))?;
+        let a = taken.as_primitive::<Int64Type>();
+        columns.push(Arc::new(
+            a.iter()
+                .map(|x| Some(x.unwrap_or(0)))
+                .collect::<Int64Array>(),
+        ));
+        fields.push(Field::new(
+            found.schema().field(c).name(),
+            DataType::Int64,
+            false,
+        ));
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
         .map(|b| (b, outside_grid))
         .map_err(|e| internal(e.to_string()))
+}
+
+/// For differential privacy, AVG is released as noisy sum over noisy count:
+/// the aggregate gains `SUM(x)` and `COUNT(x)` for every `AVG(x)`, in the
+/// same pass (with the AVG's own FILTER).
+fn with_avg_parts(v: &ValidatedPlan) -> Result<LogicalPlan, RunError> {
+    use datafusion::logical_expr::Aggregate;
+    let engine_err =
+        |e: datafusion::error::DataFusionError| RunError::Engine(EngineError::DataFusion(e));
+    let LogicalPlan::Aggregate(agg) = v.aggregate() else {
+        return Err(engine_err(datafusion::error::DataFusionError::Internal(
+            "no aggregate".into(),
+        )));
+    };
+    let mut aggr = agg.aggr_expr.clone();
+    for (i, (e, kind)) in agg.aggr_expr.iter().zip(&v.aggregates).enumerate() {
+        if !matches!(kind, AggregateKind::Avg { .. }) {
+            continue;
+        }
+        let inner = match e {
+            Expr::Alias(a) => a.expr.as_ref(),
+            other => other,
+        };
+        let Expr::AggregateFunction(f) = inner else {
+            continue;
+        };
+        let arg = f.params.args[0].clone();
+        for (name, mut part) in [
+            (
+                "sum",
+                datafusion::functions_aggregate::expr_fn::sum(arg.clone()),
+            ),
+            (
+                "count",
+                datafusion::functions_aggregate::expr_fn::count(arg),
+            ),
+        ] {
+            if let Expr::AggregateFunction(p) = &mut part {
+                p.params.filter = f.params.filter.clone();
+            }
+            aggr.push(part.alias(format!("__avg_{name}_{i}")));
+        }
+    }
+    Aggregate::try_new(Arc::clone(&agg.input), agg.group_expr.clone(), aggr)
+        .map(LogicalPlan::Aggregate)
+        .map_err(engine_err)
+}
+
+/// The aggregate with one cell-key column per count aggregate, computed in
+/// the same pass: the sum of the cell's record keys modulo the key range
+/// (with the count's own FILTER). The record key is threaded through any
+/// projections below the aggregate under an internal name.
+fn with_cell_keys(v: &ValidatedPlan, key_range: u32) -> Result<LogicalPlan, RunError> {
+    use datafusion::logical_expr::{Aggregate, Projection};
+    const RK: &str = "__agregat_record_key";
+    let engine_err =
+        |e: datafusion::error::DataFusionError| RunError::Engine(EngineError::DataFusion(e));
+    let LogicalPlan::Aggregate(agg) = v.aggregate() else {
+        return Err(engine_err(datafusion::error::DataFusionError::Internal(
+            "no aggregate".into(),
+        )));
+    };
+    let find_rk = |schema: &datafusion::common::DFSchema| {
+        schema
+            .iter()
+            .find(|(_, f)| f.name() == catalog::RECORD_KEY || f.name() == RK)
+            .map(|(q, f)| Column::new(q.cloned(), f.name()))
+    };
+    let input = agg
+        .input
+        .as_ref()
+        .clone()
+        .transform_up(|p| match p {
+            LogicalPlan::Projection(pr) => {
+                let has = pr
+                    .expr
+                    .iter()
+                    .any(|e| e.schema_name().to_string().ends_with(RK));
+                match (has, find_rk(pr.input.schema())) {
+                    (false, Some(c)) => {
+                        let mut exprs = pr.expr.clone();
+                        exprs.push(Expr::Column(c).alias(RK));
+                        Ok(Transformed::yes(LogicalPlan::Projection(
+                            Projection::try_new(exprs, pr.input)?,
+                        )))
+                    }
+                    _ => Ok(Transformed::no(LogicalPlan::Projection(pr))),
+                }
+            }
+            other => Ok(Transformed::yes(other.recompute_schema()?)),
+        })
+        .map_err(engine_err)?
+        .data;
+    let rk = find_rk(input.schema()).ok_or_else(|| {
+        engine_err(datafusion::error::DataFusionError::Internal(
+            "record key not reachable".into(),
+        ))
+    })?;
+    let mut aggr = agg.aggr_expr.clone();
+    for (i, (e, kind)) in agg.aggr_expr.iter().zip(&v.aggregates).enumerate() {
+        if !matches!(
+            kind,
+            AggregateKind::CountRows | AggregateKind::CountColumn | AggregateKind::CountHouseholds
+        ) {
+            continue;
+        }
+        let filter = match e {
+            Expr::Alias(a) => match a.expr.as_ref() {
+                Expr::AggregateFunction(f) => f.params.filter.clone(),
+                _ => None,
+            },
+            Expr::AggregateFunction(f) => f.params.filter.clone(),
+            _ => None,
+        };
+        let key = Expr::Cast(datafusion::logical_expr::Cast::new(
+            Box::new(Expr::Column(rk.clone()) % lit(u64::from(key_range))),
+            DataType::Int64,
+        ));
+        let mut sum = datafusion::functions_aggregate::expr_fn::sum(key);
+        if let Expr::AggregateFunction(f) = &mut sum {
+            f.params.filter = filter;
+        }
+        aggr.push(sum.alias(format!("__cell_key_{i}")));
+    }
+    Aggregate::try_new(Arc::new(input), agg.group_expr.clone(), aggr)
+        .map(LogicalPlan::Aggregate)
+        .map_err(engine_err)
 }
 
 /// Runs HAVING, ORDER BY, LIMIT and the final projection over the released
@@ -587,32 +754,43 @@ fn complete(
 async fn post_plan(
     engine: &Engine,
     v: &ValidatedPlan,
-    table: RecordBatch,
-) -> Result<(SchemaRef, Vec<RecordBatch>), RunError> {
+    table: ProtectedTable,
+) -> Result<ProtectedTable, RunError> {
     let agg = v.aggregate();
     let agg_schema = agg.schema();
-    let fields: Vec<Field> = agg_schema
+    let released = &table.batches()[0];
+    let mut fields: Vec<Field> = agg_schema
         .fields()
         .iter()
         .enumerate()
-        .map(|(i, f)| Field::new(format!("c{i}"), f.data_type().clone(), true))
+        .map(|(i, _)| {
+            Field::new(
+                format!("c{i}"),
+                released.schema().field(i).data_type().clone(),
+                true,
+            )
+        })
         .collect();
+    fields.push(Field::new(SUPPRESSION_COLUMN, DataType::Utf8, true));
     let schema = Arc::new(Schema::new(fields));
-    let batch = RecordBatch::try_new(Arc::clone(&schema), table.columns().to_vec())
+    let batch = RecordBatch::try_new(Arc::clone(&schema), released.columns().to_vec())
         .map_err(|e| EngineError::DataFusion(e.into()))?;
     let mem = MemTable::try_new(schema, vec![vec![batch]]).map_err(EngineError::DataFusion)?;
-    let exprs: Vec<Expr> = agg_schema
+    let mut exprs: Vec<Expr> = agg_schema
         .iter()
         .enumerate()
         .map(|(i, (q, f))| {
             Expr::Column(Column::from_name(format!("c{i}"))).alias_qualified(q.cloned(), f.name())
         })
         .collect();
-    let released = LogicalPlanBuilder::scan("__released", provider_as_source(Arc::new(mem)), None)
-        .and_then(|b| b.project(exprs))
-        .and_then(|b| b.build())
-        .map_err(EngineError::DataFusion)?;
+    exprs.push(Expr::Column(Column::from_name(SUPPRESSION_COLUMN)));
+    let released_plan =
+        LogicalPlanBuilder::scan("__released", provider_as_source(Arc::new(mem)), None)
+            .and_then(|b| b.project(exprs))
+            .and_then(|b| b.build())
+            .map_err(EngineError::DataFusion)?;
     let mut replaced = false;
+    let status = Column::from_name(SUPPRESSION_COLUMN);
     let plan = v
         .plan
         .clone()
@@ -620,7 +798,7 @@ async fn post_plan(
             if !replaced && matches!(p, LogicalPlan::Aggregate(_)) {
                 replaced = true;
                 return Ok(Transformed::new(
-                    released.clone(),
+                    released_plan.clone(),
                     true,
                     TreeNodeRecursion::Jump,
                 ));
@@ -628,11 +806,22 @@ async fn post_plan(
             Ok(Transformed::no(p))
         })
         .and_then(|t| {
-            t.data
-                .transform_up(|p| Ok(Transformed::yes(p.recompute_schema()?)))
+            // Carry the status column through the post-plan's projections.
+            t.data.transform_up(|p| match p {
+                LogicalPlan::Projection(pr)
+                    if pr.input.schema().has_column(&status) && !pr.schema.has_column(&status) =>
+                {
+                    let mut exprs = pr.expr.clone();
+                    exprs.push(Expr::Column(status.clone()));
+                    Ok(Transformed::yes(LogicalPlan::Projection(
+                        datafusion::logical_expr::Projection::try_new(exprs, pr.input)?,
+                    )))
+                }
+                other => Ok(Transformed::yes(other.recompute_schema()?)),
+            })
         })
         .map(|t| t.data)
         .map_err(EngineError::DataFusion)?;
     let out = collect(engine, plan).await?;
-    Ok((out.schema(), vec![out]))
+    Ok(table.map_released(out.schema(), vec![out]))
 }
