@@ -113,9 +113,15 @@ pub fn encode(result: &ProtectedTable, format: Format) -> Result<Vec<u8>, Output
                     metadata.to_string(),
                 )]))
                 .build();
-            let mut w = ArrowWriter::try_new(&mut buf, result.schema().clone(), Some(props))?;
+            // Also in the Arrow schema's metadata, which pyarrow exposes as
+            // `table.schema.metadata`.
+            let schema =
+                std::sync::Arc::new(result.schema().as_ref().clone().with_metadata(
+                    [(PARQUET_METADATA_KEY.to_string(), metadata.to_string())].into(),
+                ));
+            let mut w = ArrowWriter::try_new(&mut buf, schema.clone(), Some(props))?;
             for b in result.batches() {
-                w.write(b)?;
+                w.write(&b.clone().with_schema(schema.clone())?)?;
             }
             w.close()?;
             buf

@@ -1,0 +1,289 @@
+//! End-to-end protection tests on the committed sample: every released
+//! number goes through cell-key perturbation and suppression (or DP), and
+//! the attacks an analyst would try recover nothing new.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use agregat::agreement::Agreement;
+use agregat::catalog::RegionScope;
+use agregat::protect::dp::DpBudget;
+use agregat::protect::ptable::PTable;
+use agregat::protect::{Method, Protection, SUPPRESSION_COLUMN, SparsityRule};
+use agregat::query::{Code, Engine, EngineConfig, QueryResult, RunError, run_query};
+use agregat::warehouse::{Snapshot, Verify};
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::Int64Type;
+use datafusion::arrow::util::display::array_value_to_string;
+
+struct Fixture {
+    rt: tokio::runtime::Runtime,
+    engine: Engine,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let snap = Snapshot::open(Path::new("data-samples/dkb-2026-s1"), Verify::Full).unwrap();
+        let engine = rt
+            .block_on(Engine::open(snap, EngineConfig::default()))
+            .unwrap();
+        Fixture { rt, engine }
+    })
+}
+
+/// The default agreement: cell-key, D = 5, k = 10.
+fn cell_key() -> Agreement {
+    Agreement::unrestricted("ck", RegionScope::parse("61.71").unwrap())
+}
+
+/// True values, to compare against (identity ptable, k = 1).
+fn truth() -> Agreement {
+    let mut a = cell_key();
+    a.protection = Protection {
+        method: Method::CellKey {
+            ptable: Arc::new(
+                PTable::from_csv(
+                    "cell_value,cell_key,perturbation\n0,0,0\n1,0,0\n2,0,0\n",
+                    "identity",
+                )
+                .unwrap(),
+            ),
+            k: 1,
+        },
+        sparsity: SparsityRule {
+            max_ones_share: 1.0,
+            max_ones_twos_share: 1.0,
+        },
+    };
+    a
+}
+
+fn run(a: &Agreement, sql: &str) -> QueryResult {
+    let f = fixture();
+    f.rt.block_on(run_query(&f.engine, a, sql))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// Rows as (key columns joined, count, status) for a result whose last
+/// two columns are a count and the suppression status.
+fn cells(r: &QueryResult) -> HashMap<String, (Option<i64>, Option<String>)> {
+    let mut out = HashMap::new();
+    for b in r.table.batches() {
+        let n = b.num_columns();
+        let status = b.column_by_name(SUPPRESSION_COLUMN).unwrap();
+        let count = b.column(n - 2).as_primitive::<Int64Type>();
+        for row in 0..b.num_rows() {
+            let key: Vec<String> = (0..n - 2)
+                .map(|c| array_value_to_string(b.column(c), row).unwrap())
+                .collect();
+            out.insert(
+                key.join("|"),
+                (
+                    (!count.is_null(row)).then(|| count.value(row)),
+                    (!status.is_null(row))
+                        .then(|| status.as_string::<i32>().value(row).to_string()),
+                ),
+            );
+        }
+    }
+    out
+}
+
+const BY_KEL_AGAMA: &str =
+    "SELECT kode_kel, agama, COUNT(*) AS n FROM penduduk GROUP BY kode_kel, agama";
+
+#[test]
+fn no_released_cell_reveals_a_small_count_and_noise_is_bounded() {
+    let released = cells(&run(&cell_key(), BY_KEL_AGAMA));
+    let true_ = cells(&run(&truth(), BY_KEL_AGAMA));
+    assert_eq!(released.len(), 29 * 7);
+    let mut withheld = 0;
+    for (key, (value, status)) in &released {
+        let t = true_[key].0.unwrap();
+        match value {
+            Some(v) => {
+                assert!(t == 0 || t >= 10, "{key}: true {t} released as {v}");
+                assert!((v - t).abs() <= 5, "{key}: {v} vs {t}");
+                assert!(*v == 0 || *v > 2, "{key}: published {v} in 1..=js");
+                if t == 0 {
+                    assert_eq!(*v, 0, "zero stays zero");
+                }
+            }
+            None => {
+                withheld += 1;
+                assert_eq!(status.as_deref(), Some("primary"));
+                assert!((1..10).contains(&t), "{key}: withheld true {t}");
+            }
+        }
+    }
+    assert!(
+        withheld > 0,
+        "the sample has small religion cells per kelurahan"
+    );
+}
+
+#[test]
+fn the_same_people_get_the_same_noise_whatever_the_query() {
+    let ck = cell_key();
+    let a = cells(&run(&ck, BY_KEL_AGAMA));
+    // Another SQL text for the same cells.
+    let b = cells(&run(
+        &ck,
+        "select KODE_KEL , agama as a, count(1) as jumlah from penduduk p where 1 = 1 group by 2, 1",
+    ));
+    for (k, v) in &b {
+        let (kel, agama) = k.split_once('|').unwrap();
+        assert_eq!(a[&format!("{kel}|{agama}")].0, v.0, "{k}");
+    }
+    // A re-sliced table that shares cells: one religion, filtered.
+    let c = cells(&run(
+        &ck,
+        "SELECT kode_kel, COUNT(*) FROM penduduk WHERE agama = 'ISLAM' GROUP BY kode_kel",
+    ));
+    for (kel, v) in &c {
+        assert_eq!(a[&format!("{kel}|ISLAM")].0, v.0, "{kel}");
+    }
+}
+
+#[test]
+fn averaging_repeats_recovers_nothing() {
+    let ck = cell_key();
+    let sql = "SELECT kode_kec, COUNT(*) FROM penduduk WHERE jenis_kelamin = 'PEREMPUAN' GROUP BY kode_kec";
+    let first = cells(&run(&ck, sql));
+    for _ in 0..200 {
+        assert_eq!(cells(&run(&ck, sql)), first);
+    }
+}
+
+#[test]
+fn differencing_yields_at_most_the_noise_band() {
+    let ck = cell_key();
+    let tr = truth();
+    let kel = "61.71.01.1002";
+    let all = format!(
+        "SELECT kode_kel, COUNT(*) FROM penduduk WHERE kode_kel = '{kel}' GROUP BY kode_kel"
+    );
+    let but = format!(
+        "SELECT kode_kel, COUNT(*) FROM penduduk WHERE kode_kel = '{kel}' AND umur(tanggal_lahir) <> 98 GROUP BY kode_kel"
+    );
+    let (a, b) = (cells(&run(&ck, &all)), cells(&run(&ck, &but)));
+    let (ta, tb) = (cells(&run(&tr, &all)), cells(&run(&tr, &but)));
+    let diff = a[kel].0.unwrap() - b[kel].0.unwrap();
+    let true_diff = ta[kel].0.unwrap() - tb[kel].0.unwrap();
+    assert!((diff - true_diff).abs() <= 10, "{diff} vs {true_diff}");
+}
+
+#[test]
+fn margins_get_complementary_suppression() {
+    let sql = "SELECT kode_kel, agama, COUNT(*) FROM penduduk WHERE kode_kec = '61.71.01' GROUP BY ROLLUP(kode_kel, agama)";
+    let r = run(&cell_key(), sql);
+    let m = r.table.metadata();
+    assert!(m.primary_suppressed > 0);
+    assert!(m.secondary_suppressed > 0, "{m:?}");
+    // Every kelurahan row with a primary cell has at least two withheld.
+    let rows = cells(&r);
+    let mut per_kel: HashMap<&str, usize> = HashMap::new();
+    for (k, (v, _)) in &rows {
+        let (kel, agama) = k.split_once('|').unwrap();
+        if v.is_none() && !agama.is_empty() {
+            *per_kel.entry(kel).or_default() += 1;
+        }
+    }
+    assert!(per_kel.values().all(|&n| n >= 2), "{per_kel:?}");
+}
+
+#[test]
+fn sparse_tables_are_refused_or_their_areas_blocked() {
+    let ck = cell_key();
+    let f = fixture();
+    let err = f
+        .rt
+        .block_on(run_query(
+            &f.engine,
+            &ck,
+            "SELECT umur(tanggal_lahir), agama, golongan_darah, COUNT(*) FROM penduduk WHERE kode_kel = '61.71.01.1002' GROUP BY 1, 2, 3",
+        ))
+        .unwrap_err();
+    match err {
+        RunError::Query(q) => {
+            assert_eq!(q.code, Code::TableTooSparse);
+            assert!(q.message.contains("coarser"), "{}", q.message);
+        }
+        other => panic!("{other}"),
+    }
+    let r = run(
+        &ck,
+        "SELECT kode_kel, umur(tanggal_lahir), agama, COUNT(*) FROM penduduk GROUP BY 1, 2, 3",
+    );
+    let m = r.table.metadata();
+    assert!(!m.blocked_areas.is_empty(), "{m:?}");
+    for (k, (v, s)) in cells(&r) {
+        if m.blocked_areas.iter().any(|a| k.starts_with(a.as_str())) {
+            assert!(v.is_none());
+            assert_eq!(s.as_deref(), Some("blocked"));
+        }
+    }
+}
+
+#[test]
+fn sum_and_avg_need_differential_privacy() {
+    let f = fixture();
+    let err =
+        f.rt.block_on(run_query(
+            &f.engine,
+            &cell_key(),
+            "SELECT kode_kec, AVG(umur(tanggal_lahir)) FROM penduduk GROUP BY 1",
+        ))
+        .unwrap_err();
+    assert!(matches!(err, RunError::Query(q) if q.code == Code::AggregateNotAllowed));
+    let mut dp = cell_key();
+    dp.protection = Protection {
+        method: Method::Dp {
+            budget: DpBudget::ZCdp { rho: 0.5 },
+            k: 10,
+        },
+        sparsity: SparsityRule::default(),
+    };
+    let r = run(
+        &dp,
+        "SELECT kode_kec, COUNT(*), AVG(umur(tanggal_lahir)) FROM penduduk GROUP BY 1",
+    );
+    let m = r.table.metadata();
+    let info = m.dp.as_ref().unwrap();
+    // Three released parts (count, avg's sum and count), rho split evenly;
+    // the charge is what OpenDP's maps returned, never above the budget.
+    assert!(
+        info.charge.value() <= 0.5 + 1e-12 && info.charge.value() > 0.49,
+        "{info:?}"
+    );
+    assert!(info.columns.values().all(|c| c.margin_of_error_95 > 0.0));
+    assert_eq!(r.num_rows(), 6);
+}
+
+#[test]
+fn parquet_carries_the_protection_metadata() {
+    let r = run(&cell_key(), BY_KEL_AGAMA);
+    let bytes = agregat::output::encode(&r.table, agregat::output::Format::Parquet).unwrap();
+    let mut file = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut file, &bytes).unwrap();
+    let reader = datafusion::parquet::file::reader::SerializedFileReader::new(file).unwrap();
+    use datafusion::parquet::file::reader::FileReader;
+    let kv = reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .unwrap();
+    let entry = kv
+        .iter()
+        .find(|k| k.key == agregat::output::PARQUET_METADATA_KEY)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(entry.value.as_deref().unwrap()).unwrap();
+    assert_eq!(v["method"], "cell_key");
+    assert_eq!(v["ptable"]["max_perturbation"], 5);
+    // The true counts, keys and perturbations never appear.
+    let text = entry.value.as_deref().unwrap();
+    assert!(!text.contains("cell_key_"), "{text}");
+}
