@@ -287,3 +287,38 @@ fn parquet_carries_the_protection_metadata() {
     let text = entry.value.as_deref().unwrap();
     assert!(!text.contains("cell_key_"), "{text}");
 }
+
+#[test]
+fn repeating_a_dp_query_returns_the_same_release_and_charges_nothing() {
+    let mut dp = cell_key();
+    dp.id = "dp-cache".into();
+    dp.protection = Protection {
+        method: Method::Dp {
+            budget: DpBudget::PureDp { epsilon: 0.3 },
+            k: 10,
+        },
+        sparsity: SparsityRule::default(),
+    };
+    let first = run(
+        &dp,
+        "SELECT kode_kec, COUNT(*) FROM penduduk GROUP BY kode_kec",
+    );
+    assert!(!first.table.metadata().dp.as_ref().unwrap().reused);
+    assert!(first.table.charge_now().unwrap().value() > 0.0);
+    // Whitespace, an alias and an ORDER BY: the same question.
+    let again = run(
+        &dp,
+        "select  kode_kec ,count(*) as jumlah\n from penduduk group by kode_kec order by jumlah desc",
+    );
+    assert!(again.table.metadata().dp.as_ref().unwrap().reused);
+    assert_eq!(again.table.charge_now().unwrap().value(), 0.0);
+    let a = cells(&first);
+    let b = cells(&again);
+    assert_eq!(a, b);
+    // A different question is a new release.
+    let other = run(
+        &dp,
+        "SELECT kode_kec, COUNT(*) FROM penduduk WHERE jenis_kelamin = 'PEREMPUAN' GROUP BY kode_kec",
+    );
+    assert!(!other.table.metadata().dp.as_ref().unwrap().reused);
+}

@@ -145,6 +145,9 @@ pub struct DpInfo {
     /// Noise scale and 95% margin of error per released column; every cell
     /// of a column has the same margin.
     pub columns: BTreeMap<String, DpColumn>,
+    /// True when this is a repeat of an earlier identical release: the same
+    /// values, and nothing is charged again.
+    pub reused: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -174,6 +177,29 @@ impl ProtectedTable {
     pub fn num_rows(&self) -> usize {
         self.batches.iter().map(RecordBatch::num_rows).sum()
     }
+    /// The same release served again: marked reused, nothing new charged.
+    pub(crate) fn reused(mut self) -> ProtectedTable {
+        if let Some(dp) = self.metadata.dp.as_mut() {
+            dp.reused = true;
+        }
+        self
+    }
+
+    /// The privacy loss this request charges: zero for a reused release
+    /// and for cell-key releases.
+    pub fn charge_now(&self) -> Option<DpCharge> {
+        self.metadata.dp.as_ref().map(|d| {
+            if d.reused {
+                match d.charge {
+                    DpCharge::Rho(_) => DpCharge::Rho(0.0),
+                    DpCharge::Epsilon(_) => DpCharge::Epsilon(0.0),
+                }
+            } else {
+                d.charge
+            }
+        })
+    }
+
     /// The same release after a post-processing step on released values
     /// only (HAVING, ORDER BY, LIMIT, projection).
     pub(crate) fn map_released(
@@ -573,6 +599,7 @@ pub(crate) fn protect(
                 budget: *budget,
                 charge,
                 columns,
+                reused: false,
             });
         }
     }

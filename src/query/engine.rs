@@ -48,7 +48,13 @@ pub struct Engine {
     /// information only (plan, scope, snapshot coverage), so it is reused.
     grids:
         std::sync::Mutex<std::collections::HashMap<String, datafusion::arrow::array::RecordBatch>>,
+    /// DP releases by agreement, budget and canonical aggregate plan: the
+    /// same question gets the identical answer and costs nothing again.
+    releases: std::sync::Mutex<std::collections::HashMap<String, crate::protect::ProtectedTable>>,
 }
+
+/// Released DP tables kept per engine before the cache is cleared.
+const RELEASE_CACHE_ENTRIES: usize = 4096;
 
 /// Grids kept per engine before the cache is cleared.
 const GRID_CACHE_ENTRIES: usize = 512;
@@ -89,6 +95,7 @@ impl Engine {
             ctx,
             config,
             grids: Default::default(),
+            releases: Default::default(),
         })
     }
 
@@ -102,6 +109,19 @@ impl Engine {
 
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    pub(crate) fn cached_release(&self, key: &str) -> Option<crate::protect::ProtectedTable> {
+        self.releases.lock().ok()?.get(key).cloned()
+    }
+
+    pub(crate) fn cache_release(&self, key: String, table: crate::protect::ProtectedTable) {
+        if let Ok(mut r) = self.releases.lock() {
+            if r.len() >= RELEASE_CACHE_ENTRIES {
+                r.clear();
+            }
+            r.insert(key, table);
+        }
     }
 
     pub(crate) fn cached_grid(&self, key: &str) -> Option<datafusion::arrow::array::RecordBatch> {

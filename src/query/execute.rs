@@ -126,6 +126,30 @@ async fn run_inner(
         )
         .into());
     }
+    // DP: the same canonical question (aggregate plan: whitespace, aliases
+    // and ORDER BY do not matter) on this snapshot for this agreement and
+    // budget returns the identical release and charges nothing.
+    let release_key = match &agreement.protection.method {
+        Method::Dp { budget, k } => Some(format!(
+            "{}\n{budget:?}\n{k}\n{}",
+            agreement.id,
+            validated.aggregate().display_indent()
+        )),
+        Method::CellKey { .. } => None,
+    };
+    if let Some(hit) = release_key
+        .as_deref()
+        .and_then(|k| engine.cached_release(k))
+    {
+        let cells = hit.metadata().cells;
+        let table = post_plan(engine, &validated, hit.reused()).await?;
+        return Ok(QueryResult {
+            table,
+            cells,
+            plan: validated,
+            outside_grid: 0,
+        });
+    }
     let aggregate = match &agreement.protection.method {
         Method::CellKey { ptable, .. } => with_cell_keys(&validated, ptable.key_range())?,
         Method::Dp { .. } => with_avg_parts(&validated)?,
@@ -147,6 +171,9 @@ async fn run_inner(
         &agreement.protection,
     )?;
     drop(table);
+    if let Some(key) = release_key {
+        engine.cache_release(key, protected.clone());
+    }
     let table = post_plan(engine, &validated, protected).await?;
     Ok(QueryResult {
         table,
