@@ -6,13 +6,15 @@
 //!
 //! - `validate/...`: parse, plan and validate only;
 //! - `e2e/.../agregat`: the whole pipeline (parse, plan, validate, execute,
-//!   complete grid, post-plan);
+//!   complete grid, cell-key protection, post-plan);
 //! - `e2e/.../raw`: raw DataFusion running the same aggregate SQL on the same
 //!   session.
 //!
 //! It ends with a table of agregat/raw ratios from interleaved runs in the
 //! same process (this machine is shared and noisy, so ratios, not absolute
-//! times, are the figures to compare). Target: ratio <= 1.2.
+//! times, are the figures to compare), for the pipeline without protection
+//! (target <= 1.2), and a table of protection overhead on an ~11,000-cell
+//! query (target <= 1.1).
 //!
 //! Run: `cargo bench --profile dev --bench query` (set
 //! `AGREGAT_BENCH_SKIP_BIG=1` to skip the 10M snapshot).
@@ -153,6 +155,8 @@ fn ratios(rt: &tokio::runtime::Runtime, targets: &[Target]) {
         "query", "validate", "raw", "agregat", "ratio"
     );
     for t in targets {
+        // The pipeline without protection (measured separately below).
+        let agreement = identity(&t.agreement);
         for (q, sql) in QUERIES {
             let (mut r, mut a, mut v) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..7 {
@@ -161,12 +165,12 @@ fn ratios(rt: &tokio::runtime::Runtime, targets: &[Target]) {
                 r.push(s.elapsed());
                 let s = Instant::now();
                 let res = rt
-                    .block_on(run_query(&t.engine, &t.agreement, sql))
+                    .block_on(run_query(&t.engine, &agreement, sql))
                     .expect("runs");
                 a.push(s.elapsed());
                 std::hint::black_box(res);
                 let s = Instant::now();
-                rt.block_on(check_query(&t.engine, &t.agreement, sql))
+                rt.block_on(check_query(&t.engine, &agreement, sql))
                     .expect("valid");
                 v.push(s.elapsed());
             }
@@ -247,6 +251,83 @@ fn row_groups(rt: &tokio::runtime::Runtime) {
     }
 }
 
+/// The agreement with protection that releases true values (identity
+/// ptable, k = 1, no sparsity refusal): the pipeline without protection.
+fn identity(a: &Agreement) -> Agreement {
+    use agregat::protect::ptable::PTable;
+    use agregat::protect::{Method, Protection, SparsityRule};
+    let mut identity = a.clone();
+    identity.protection = Protection {
+        method: Method::CellKey {
+            ptable: std::sync::Arc::new(
+                PTable::from_csv(
+                    "cell_value,cell_key,perturbation\n0,0,0\n1,0,0\n2,0,0\n",
+                    "identity",
+                )
+                .expect("ptable"),
+            ),
+            k: 1,
+        },
+        sparsity: SparsityRule {
+            max_ones_share: 1.0,
+            max_ones_twos_share: 1.0,
+        },
+    };
+    identity
+}
+
+/// Protection overhead: the same ~11,000-cell query with protection that
+/// releases true values (identity ptable, k = 1) versus cell-key (D = 5,
+/// k = 10, secondary suppression, sparsity) and DP, interleaved.
+fn protection_overhead(rt: &tokio::runtime::Runtime, targets: &[Target]) {
+    use agregat::protect::dp::DpBudget;
+    use agregat::protect::{Method, Protection, SparsityRule};
+    let sql = "SELECT kode_kec, kelompok_umur(umur(tanggal_lahir), 5), jenis_kelamin, akta_lahir, COUNT(*) \
+               FROM penduduk GROUP BY 1, 2, 3, 4";
+    println!(
+        "\n{:<28} {:>8} {:>12} {:>12} {:>8} {:>12} {:>8}",
+        "protection overhead", "cells", "identity", "cell-key", "ratio", "dp", "ratio"
+    );
+    for t in targets {
+        let identity = identity(&t.agreement);
+        let mut dp = t.agreement.clone();
+        dp.protection = Protection {
+            method: Method::Dp {
+                budget: DpBudget::ZCdp { rho: 0.5 },
+                k: 10,
+            },
+            sparsity: SparsityRule::default(),
+        };
+        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        let mut cells = 0;
+        for round in 0..7 {
+            for (agreement, times) in [(&identity, &mut a), (&t.agreement, &mut b), (&dp, &mut c)] {
+                let mut agreement = agreement.clone();
+                // A fresh DP agreement id each round, so the release cache
+                // does not hide the cost.
+                agreement.id = format!("{}-{round}", agreement.id);
+                let s = Instant::now();
+                let r = rt
+                    .block_on(run_query(&t.engine, &agreement, sql))
+                    .expect("runs");
+                times.push(s.elapsed());
+                cells = r.cells;
+            }
+        }
+        let (a, b, c) = (median(a), median(b), median(c));
+        println!(
+            "{:<28} {:>8} {:>10.1}ms {:>10.1}ms {:>8.2} {:>10.1}ms {:>8.2}",
+            t.name,
+            cells,
+            a.as_secs_f64() * 1e3,
+            b.as_secs_f64() * 1e3,
+            b.as_secs_f64() / a.as_secs_f64(),
+            c.as_secs_f64() * 1e3,
+            c.as_secs_f64() / a.as_secs_f64()
+        );
+    }
+}
+
 fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     if std::env::var_os("AGREGAT_BENCH_ROWGROUPS").is_some() {
@@ -257,5 +338,6 @@ fn main() {
     let mut c = Criterion::default().configure_from_args();
     benches(&mut c, &rt, &targets);
     ratios(&rt, &targets);
+    protection_overhead(&rt, &targets);
     c.final_summary();
 }
