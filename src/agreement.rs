@@ -71,6 +71,8 @@ pub enum AgreementError {
     NotProtected { id: String, column: String },
     #[error("agreement '{id}': {source}")]
     Region { id: String, source: UnknownRegion },
+    #[error("agreement '{id}': [protection]: {message}")]
+    Protection { id: String, message: String },
     #[error("agreement '{id}': '{column}' can never be permitted: {reason}")]
     NeverPermitted {
         id: String,
@@ -90,6 +92,131 @@ struct AgreementFile {
     region_scope: Vec<String>,
     #[serde(default)]
     limits: QueryLimits,
+    #[serde(default)]
+    protection: Option<ProtectionFile>,
+}
+
+/// `[protection]` of an agreement file.
+///
+/// ```toml
+/// [protection]
+/// method = "cell_key"       # default; or "dp"
+/// k = 10                    # threshold: counts 1..k-1 withheld (noisy values under dp)
+/// ptable = "ptable.csv"     # optional, relative to the agreement file;
+///                           # default: generated with D = 5, V = 2, js = 2, 256 keys
+/// # dp only: exactly one of
+/// rho = 0.05                # zCDP per query (discrete Gaussian)
+/// epsilon = 0.5             # pure DP per query (discrete Laplace)
+/// ```
+///
+/// Files cannot switch protection off: k must be at least 3, a ptable must
+/// pass `agregat ptable check` with a maximum perturbation of at least 1.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProtectionFile {
+    #[serde(default = "default_method")]
+    method: String,
+    #[serde(default = "default_k")]
+    k: u64,
+    ptable: Option<std::path::PathBuf>,
+    rho: Option<f64>,
+    epsilon: Option<f64>,
+    sparsity_max_ones: Option<f64>,
+    sparsity_max_ones_twos: Option<f64>,
+}
+
+fn default_method() -> String {
+    "cell_key".to_string()
+}
+
+fn default_k() -> u64 {
+    10
+}
+
+impl ProtectionFile {
+    fn build(self, id: &str, base: Option<&Path>) -> Result<Protection, AgreementError> {
+        use crate::protect::dp::DpBudget;
+        use crate::protect::{Method, SparsityRule};
+        let bad = |message: String| AgreementError::Protection {
+            id: id.to_string(),
+            message,
+        };
+        if self.k < 3 {
+            return Err(bad(format!(
+                "k = {} is too small; use at least 3 (10 is usual)",
+                self.k
+            )));
+        }
+        let defaults = SparsityRule::default();
+        let sparsity = SparsityRule {
+            max_ones_share: self.sparsity_max_ones.unwrap_or(defaults.max_ones_share),
+            max_ones_twos_share: self
+                .sparsity_max_ones_twos
+                .unwrap_or(defaults.max_ones_twos_share),
+        };
+        let method = match self.method.as_str() {
+            "cell_key" => {
+                if self.rho.is_some() || self.epsilon.is_some() {
+                    return Err(bad("rho and epsilon belong to method = \"dp\"".into()));
+                }
+                let ptable = match &self.ptable {
+                    None => match Protection::default_cell_key().method {
+                        Method::CellKey { ptable, .. } => ptable,
+                        Method::Dp { .. } => unreachable!("default is cell-key"),
+                    },
+                    Some(p) => {
+                        let path = base.map_or_else(|| p.clone(), |b| b.join(p));
+                        let text = std::fs::read_to_string(&path).map_err(|e| {
+                            bad(format!("cannot read ptable '{}': {e}", path.display()))
+                        })?;
+                        let t = crate::protect::ptable::PTable::from_csv(
+                            &text,
+                            &path.display().to_string(),
+                        )
+                        .map_err(|e| bad(e.to_string()))?;
+                        let violations = t.check(None);
+                        if let Some(v) = violations.first() {
+                            return Err(bad(format!(
+                                "ptable '{}' fails its check ({} violations; first: {v}); run `agregat ptable check`",
+                                path.display(),
+                                violations.len()
+                            )));
+                        }
+                        if t.perturbation_bound() < 1 {
+                            return Err(bad(format!(
+                                "ptable '{}' does not perturb (maximum perturbation 0)",
+                                path.display()
+                            )));
+                        }
+                        std::sync::Arc::new(t)
+                    }
+                };
+                Method::CellKey { ptable, k: self.k }
+            }
+            "dp" => {
+                let budget =
+                    match (self.rho, self.epsilon) {
+                        (Some(rho), None) => DpBudget::ZCdp { rho },
+                        (None, Some(epsilon)) => DpBudget::PureDp { epsilon },
+                        _ => return Err(bad(
+                            "method = \"dp\" needs exactly one of rho (zCDP) or epsilon (pure DP)"
+                                .into(),
+                        )),
+                    };
+                budget.validate().map_err(|e| bad(e.to_string()))?;
+                if self.ptable.is_some() {
+                    return Err(bad("ptable belongs to method = \"cell_key\"".into()));
+                }
+                Method::Dp { budget, k: self.k }
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown method '{other}'; use \"cell_key\" or \"dp\""
+                )));
+            }
+        };
+        Ok(Protection { method, sparsity })
+    }
 }
 
 impl Agreement {
@@ -161,10 +288,19 @@ impl Agreement {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        Self::parse_in(&text, &path.display().to_string(), path.parent())
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Agreement, AgreementError> {
+        Self::parse_in(text, origin, None)
+    }
+
+    /// Parses an agreement; relative ptable paths resolve against `base`.
+    fn parse_in(
+        text: &str,
+        origin: &str,
+        base: Option<&Path>,
+    ) -> Result<Agreement, AgreementError> {
         let f: AgreementFile = toml::from_str(text).map_err(|e| AgreementError::Syntax {
             path: origin.to_string(),
             message: e.to_string(),
@@ -175,13 +311,17 @@ impl Agreement {
                 source,
             }
         })?;
-        Agreement::new(
+        let mut a = Agreement::new(
             &f.id,
             f.permitted_elements,
             f.minister_permission,
             scope,
             f.limits,
-        )
+        )?;
+        if let Some(p) = f.protection {
+            a.protection = p.build(&f.id, base)?;
+        }
+        Ok(a)
     }
 
     pub fn permits(&self, column: &str) -> bool {
@@ -214,6 +354,26 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, AgreementError::NeverPermitted { .. }));
+        for (body, needle) in [
+            ("[protection]\nk = 1\n", "at least 3"),
+            ("[protection]\nmethod = \"dp\"\n", "exactly one of rho"),
+            ("[protection]\nmethod = \"dp\"\nrho = -1.0\n", "-1"),
+            ("[protection]\nmethod = \"noise\"\n", "unknown method"),
+        ] {
+            let text =
+                format!("id = \"x\"\npermitted_elements = []\nregion_scope = [\"61.71\"]\n{body}");
+            let e = Agreement::parse(&text, "t").unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+        let a = Agreement::parse(
+            "id = \"x\"\npermitted_elements = []\nregion_scope = [\"61.71\"]\n[protection]\nmethod = \"dp\"\nepsilon = 0.5\n",
+            "t",
+        )
+        .unwrap();
+        assert!(matches!(
+            a.protection.method,
+            crate::protect::Method::Dp { .. }
+        ));
         let e = Agreement::parse(
             "id = \"x\"\npermitted_elements = []\nregion_scope = [\"61.71\"]\nfoo = 1\n",
             "t",

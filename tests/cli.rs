@@ -1,0 +1,132 @@
+//! The `agregat` command line, run as a real process.
+
+use std::process::Command;
+
+fn agregat(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_agregat"))
+        .args(args)
+        .output()
+        .expect("run agregat");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const SNAPSHOT: &str = "data-samples/dkb-2026-s1";
+const AGREEMENT: &str = "data-samples/agreements/contoh-lokal.toml";
+
+#[test]
+fn query_json_carries_protection_and_rejections_exit_with_the_code() {
+    let (code, out, err) = agregat(&[
+        "query",
+        "--snapshot",
+        SNAPSHOT,
+        "--agreement",
+        AGREEMENT,
+        "--format",
+        "json",
+        "--sql",
+        "SELECT kode_kec, COUNT(*) FROM penduduk GROUP BY kode_kec",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["rows"].as_array().unwrap().len(), 6);
+    assert_eq!(v["protection"]["method"], "cell_key");
+    assert_eq!(v["protection"]["snapshot"], "dkb-2026-s1");
+
+    let (code, _, err) = agregat(&[
+        "query",
+        "--snapshot",
+        SNAPSHOT,
+        "--agreement",
+        AGREEMENT,
+        "--sql",
+        "SELECT nik, COUNT(*) FROM penduduk GROUP BY nik",
+    ]);
+    assert_eq!(code, 6, "{err}");
+    assert!(
+        err.contains("[identifier_in_group_by]") && err.contains("'nik'"),
+        "{err}"
+    );
+
+    let (code, _, err) = agregat(&[
+        "query",
+        "--snapshot",
+        SNAPSHOT,
+        "--agreement",
+        AGREEMENT,
+        "--sql",
+        "SELECT penyandang_cacat, COUNT(*) FROM penduduk GROUP BY 1",
+    ]);
+    assert_eq!(code, 7, "{err}");
+    assert!(err.contains("[element_not_permitted]"), "{err}");
+}
+
+#[test]
+fn ptable_generate_then_check() {
+    let (code, csv, err) = agregat(&[
+        "ptable",
+        "generate",
+        "--max-perturbation",
+        "5",
+        "--variance",
+        "2",
+        "--js",
+        "2",
+        "--keys",
+        "256",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(csv.starts_with("cell_value,cell_key,perturbation\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("p.csv");
+    std::fs::write(&good, &csv).unwrap();
+    let (code, out, err) = agregat(&["ptable", "check", good.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("OK"), "{out}");
+    // A row that publishes 1 (inside 1..=js) is reported with its row.
+    let bad = dir.path().join("bad.csv");
+    let text = csv.replacen("\n1,0-170,-1\n", "\n1,0-170,0\n", 1);
+    std::fs::write(&bad, text).unwrap();
+    let (code, out, _) = agregat(&["ptable", "check", bad.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(out.contains("cell_value 1"), "{out}");
+}
+
+#[test]
+fn suppress_a_spreadsheet() {
+    let (code, out, err) = agregat(&[
+        "suppress",
+        "--input",
+        "tests/data/suppress/penduduk.csv",
+        "--dims",
+        "kecamatan,jenis_kelamin",
+        "--value",
+        "jumlah",
+        "--k",
+        "10",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines().next().unwrap().ends_with(",suppression"),
+        "{out}"
+    );
+    assert!(
+        out.contains(",primary") && out.contains(",secondary"),
+        "{out}"
+    );
+    assert!(err.contains("primary"), "{err}");
+    let (code, _, err) = agregat(&[
+        "suppress",
+        "--input",
+        "tests/data/suppress/penduduk.csv",
+        "--dims",
+        "kecamatan",
+        "--value",
+        "n",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("`n`"), "{err}");
+}
