@@ -153,7 +153,7 @@ fn averaging_repeats_recovers_nothing() {
     let ck = cell_key();
     let sql = "SELECT kode_kec, COUNT(*) FROM penduduk WHERE jenis_kelamin = 'PEREMPUAN' GROUP BY kode_kec";
     let first = cells(&run(&ck, sql));
-    for _ in 0..200 {
+    for _ in 0..1000 {
         assert_eq!(cells(&run(&ck, sql)), first);
     }
 }
