@@ -4,139 +4,73 @@
 
 use std::fmt;
 
-/// Stable rejection codes. The string form is part of the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Code {
-    ParseError,
-    PlanError,
-    MultipleStatements,
-    StatementNotAllowed,
-    NotAnAggregate,
-    TableNotAllowed,
-    IdentifierInOutput,
-    IdentifierInGroupBy,
-    IdentifierInPredicate,
-    IdentifierInAggregate,
-    IdentifierInProjection,
-    RecordKeyNotQueryable,
-    DateNotCoarsened,
-    AgeReferenceDatesConflict,
-    AgeReferenceDateNotAllowed,
-    AggregateNotAllowed,
-    DistinctNotAllowed,
-    SumNeedsBounds,
-    WindowFunctionNotAllowed,
-    NestedAggregate,
-    SubqueryReadsPenduduk,
-    SetOperationNotAllowed,
-    SelfJoinNotAllowed,
-    JoinNotAllowed,
-    JoinNotOnKey,
-    PlanShapeNotAllowed,
-    VolatileFunctionNotAllowed,
-    FunctionNotAllowed,
-    ValuesNotAllowed,
-    ElementNotPermitted,
-    MinisterPermissionRequired,
-    TooManyDimensions,
-    TooManyCells,
-    TableTooSparse,
-    SqlTooLarge,
-    InvalidValue,
-    QueryTimeout,
-    ResourcesExhausted,
+/// Declares the stable rejection codes once: the enum, their string form
+/// (part of the API) and the list of all of them.
+macro_rules! codes {
+    ($($variant:ident => $text:literal,)*) => {
+        /// Stable rejection codes. The string form is part of the API.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Code {
+            $($variant,)*
+        }
+
+        impl Code {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Code::$variant => $text,)*
+                }
+            }
+
+            /// Every code, for documentation and tests.
+            pub fn all() -> &'static [Code] {
+                &[$(Code::$variant,)*]
+            }
+        }
+    };
+}
+
+codes! {
+    ParseError => "parse_error",
+    PlanError => "plan_error",
+    MultipleStatements => "multiple_statements",
+    StatementNotAllowed => "statement_not_allowed",
+    NotAnAggregate => "not_an_aggregate",
+    TableNotAllowed => "table_not_allowed",
+    IdentifierInOutput => "identifier_in_output",
+    IdentifierInGroupBy => "identifier_in_group_by",
+    IdentifierInPredicate => "identifier_in_predicate",
+    IdentifierInAggregate => "identifier_in_aggregate",
+    IdentifierInProjection => "identifier_in_projection",
+    RecordKeyNotQueryable => "record_key_not_queryable",
+    DateNotCoarsened => "date_not_coarsened",
+    AgeReferenceDatesConflict => "age_reference_dates_conflict",
+    AgeReferenceDateNotAllowed => "age_reference_date_not_allowed",
+    AggregateNotAllowed => "aggregate_not_allowed",
+    DistinctNotAllowed => "distinct_not_allowed",
+    SumNeedsBounds => "sum_needs_bounds",
+    WindowFunctionNotAllowed => "window_function_not_allowed",
+    NestedAggregate => "nested_aggregate",
+    SubqueryReadsPenduduk => "subquery_reads_penduduk",
+    SetOperationNotAllowed => "set_operation_not_allowed",
+    SelfJoinNotAllowed => "self_join_not_allowed",
+    JoinNotAllowed => "join_not_allowed",
+    JoinNotOnKey => "join_not_on_key",
+    PlanShapeNotAllowed => "plan_shape_not_allowed",
+    VolatileFunctionNotAllowed => "volatile_function_not_allowed",
+    FunctionNotAllowed => "function_not_allowed",
+    ValuesNotAllowed => "values_not_allowed",
+    ElementNotPermitted => "element_not_permitted",
+    MinisterPermissionRequired => "minister_permission_required",
+    TooManyDimensions => "too_many_dimensions",
+    TooManyCells => "too_many_cells",
+    TableTooSparse => "table_too_sparse",
+    SqlTooLarge => "sql_too_large",
+    InvalidValue => "invalid_value",
+    QueryTimeout => "query_timeout",
+    ResourcesExhausted => "resources_exhausted",
 }
 
 impl Code {
-    pub fn as_str(self) -> &'static str {
-        use Code::*;
-        match self {
-            ParseError => "parse_error",
-            PlanError => "plan_error",
-            MultipleStatements => "multiple_statements",
-            StatementNotAllowed => "statement_not_allowed",
-            NotAnAggregate => "not_an_aggregate",
-            TableNotAllowed => "table_not_allowed",
-            IdentifierInOutput => "identifier_in_output",
-            IdentifierInGroupBy => "identifier_in_group_by",
-            IdentifierInPredicate => "identifier_in_predicate",
-            IdentifierInAggregate => "identifier_in_aggregate",
-            IdentifierInProjection => "identifier_in_projection",
-            RecordKeyNotQueryable => "record_key_not_queryable",
-            DateNotCoarsened => "date_not_coarsened",
-            AgeReferenceDatesConflict => "age_reference_dates_conflict",
-            AgeReferenceDateNotAllowed => "age_reference_date_not_allowed",
-            AggregateNotAllowed => "aggregate_not_allowed",
-            DistinctNotAllowed => "distinct_not_allowed",
-            SumNeedsBounds => "sum_needs_bounds",
-            WindowFunctionNotAllowed => "window_function_not_allowed",
-            NestedAggregate => "nested_aggregate",
-            SubqueryReadsPenduduk => "subquery_reads_penduduk",
-            SetOperationNotAllowed => "set_operation_not_allowed",
-            SelfJoinNotAllowed => "self_join_not_allowed",
-            JoinNotAllowed => "join_not_allowed",
-            JoinNotOnKey => "join_not_on_key",
-            PlanShapeNotAllowed => "plan_shape_not_allowed",
-            VolatileFunctionNotAllowed => "volatile_function_not_allowed",
-            FunctionNotAllowed => "function_not_allowed",
-            ValuesNotAllowed => "values_not_allowed",
-            ElementNotPermitted => "element_not_permitted",
-            MinisterPermissionRequired => "minister_permission_required",
-            TooManyDimensions => "too_many_dimensions",
-            TooManyCells => "too_many_cells",
-            TableTooSparse => "table_too_sparse",
-            SqlTooLarge => "sql_too_large",
-            InvalidValue => "invalid_value",
-            QueryTimeout => "query_timeout",
-            ResourcesExhausted => "resources_exhausted",
-        }
-    }
-
-    /// Every code, for documentation and tests.
-    pub fn all() -> &'static [Code] {
-        use Code::*;
-        &[
-            ParseError,
-            PlanError,
-            MultipleStatements,
-            StatementNotAllowed,
-            NotAnAggregate,
-            TableNotAllowed,
-            IdentifierInOutput,
-            IdentifierInGroupBy,
-            IdentifierInPredicate,
-            IdentifierInAggregate,
-            IdentifierInProjection,
-            RecordKeyNotQueryable,
-            DateNotCoarsened,
-            AgeReferenceDatesConflict,
-            AgeReferenceDateNotAllowed,
-            AggregateNotAllowed,
-            DistinctNotAllowed,
-            SumNeedsBounds,
-            WindowFunctionNotAllowed,
-            NestedAggregate,
-            SubqueryReadsPenduduk,
-            SetOperationNotAllowed,
-            SelfJoinNotAllowed,
-            JoinNotAllowed,
-            JoinNotOnKey,
-            PlanShapeNotAllowed,
-            VolatileFunctionNotAllowed,
-            FunctionNotAllowed,
-            ValuesNotAllowed,
-            ElementNotPermitted,
-            MinisterPermissionRequired,
-            TooManyDimensions,
-            TooManyCells,
-            TableTooSparse,
-            SqlTooLarge,
-            InvalidValue,
-            QueryTimeout,
-            ResourcesExhausted,
-        ]
-    }
-
     pub fn parse(s: &str) -> Option<Code> {
         Code::all().iter().copied().find(|c| c.as_str() == s)
     }

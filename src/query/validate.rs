@@ -40,6 +40,9 @@ use chrono::Datelike;
 /// A reference-side plan and the join keys that must be unique in it.
 pub type UniqueCheck = (LogicalPlan, Vec<Expr>);
 
+const RECORD_KEY_MESSAGE: &str =
+    "the record key is internal to the cell-key method and is never queryable";
+
 /// What an expression touches and what is known about its values.
 #[derive(Debug, Clone, Default)]
 struct Facts {
@@ -64,6 +67,27 @@ impl Facts {
         self.reference |= o.reference;
         self.plain = None;
         self.bounds = None;
+    }
+
+    /// The one place that refuses the record key, identifiers and raw
+    /// dates; callers say which code an identifier gets and how to word the
+    /// messages for their position in the query.
+    fn forbid(
+        &self,
+        identifier: Code,
+        identifier_message: impl Fn(&str) -> String,
+        date_message: impl Fn(&str) -> String,
+    ) -> Result<(), QueryError> {
+        if self.record_key {
+            return reject(Code::RecordKeyNotQueryable, RECORD_KEY_MESSAGE);
+        }
+        if let Some(id) = self.identifiers.iter().next() {
+            return reject(identifier, identifier_message(id));
+        }
+        if let Some(d) = self.raw_dates.iter().next() {
+            return reject(Code::DateNotCoarsened, date_message(d));
+        }
+        Ok(())
     }
 
     fn column(c: &'static catalog::Column) -> Facts {
@@ -385,10 +409,7 @@ impl Walk {
     ) -> Result<Facts, QueryError> {
         let arg = self.classify(&args[0], schema, lineage)?;
         if arg.record_key {
-            return reject(
-                Code::RecordKeyNotQueryable,
-                "the record key is never queryable",
-            );
+            return reject(Code::RecordKeyNotQueryable, RECORD_KEY_MESSAGE);
         }
         if let Some(id) = arg.identifiers.iter().next() {
             return reject(
@@ -500,28 +521,11 @@ impl Walk {
         place: &str,
     ) -> Result<Facts, QueryError> {
         let f = self.classify(e, schema, lineage)?;
-        if f.record_key {
-            return reject(
-                Code::RecordKeyNotQueryable,
-                "the record key is never queryable",
-            );
-        }
-        if let Some(id) = f.identifiers.iter().next() {
-            return reject(
-                Code::IdentifierInPredicate,
-                format!(
-                    "column '{id}' is an identifier and cannot be used in {place}; filter on a region or category column instead"
-                ),
-            );
-        }
-        if let Some(d) = f.raw_dates.iter().next() {
-            return reject(
-                Code::DateNotCoarsened,
-                format!(
-                    "column '{d}' is a date and can be used in {place} only through umur(), umur_pada() or tahun()"
-                ),
-            );
-        }
+        f.forbid(
+            Code::IdentifierInPredicate,
+            |id| format!("column '{id}' is an identifier and cannot be used in {place}; filter on a region or category column instead"),
+            |d| format!("column '{d}' is a date and can be used in {place} only through umur(), umur_pada() or tahun()"),
+        )?;
         self.columns.extend(f.columns.iter().copied());
         Ok(f)
     }
@@ -589,10 +593,7 @@ impl Walk {
                 for e in &p.expr {
                     let f = self.classify(e, p.input.schema(), &l)?;
                     if f.record_key {
-                        return reject(
-                            Code::RecordKeyNotQueryable,
-                            "the record key is never queryable",
-                        );
+                        return reject(Code::RecordKeyNotQueryable, RECORD_KEY_MESSAGE);
                     }
                     if let Some(id) = f.identifiers.iter().next() {
                         return reject(
@@ -814,10 +815,7 @@ impl Walk {
                 }
                 let f = self.classify(arg, schema, lineage)?;
                 if f.record_key {
-                    return reject(
-                        Code::RecordKeyNotQueryable,
-                        "the record key is never queryable",
-                    );
+                    return reject(Code::RecordKeyNotQueryable, RECORD_KEY_MESSAGE);
                 }
                 if p.distinct {
                     if f.plain == Some("no_kk") {
@@ -868,24 +866,11 @@ impl Walk {
                     return reject(Code::PlanError, format!("{name} takes one argument"));
                 };
                 let f = self.classify(arg, schema, lineage)?;
-                if f.record_key {
-                    return reject(
-                        Code::RecordKeyNotQueryable,
-                        "the record key is never queryable",
-                    );
-                }
-                if let Some(id) = f.identifiers.iter().next() {
-                    return reject(
-                        Code::IdentifierInAggregate,
-                        format!("column '{id}' is an identifier and cannot be aggregated"),
-                    );
-                }
-                if let Some(d) = f.raw_dates.iter().next() {
-                    return reject(
-                        Code::DateNotCoarsened,
-                        format!("column '{d}' is a date; sum ages with umur({d}) instead"),
-                    );
-                }
+                f.forbid(
+                    Code::IdentifierInAggregate,
+                    |id| format!("column '{id}' is an identifier and cannot be aggregated"),
+                    |d| format!("column '{d}' is a date; sum ages with umur({d}) instead"),
+                )?;
                 let Some((lo, hi)) = f.bounds.filter(|(lo, hi)| lo.is_finite() && hi.is_finite())
                 else {
                     return reject(
@@ -1057,28 +1042,11 @@ pub fn validate(
     };
     for k in &keys {
         let f = w.classify(k, schema, &lineage)?;
-        if f.record_key {
-            return reject(
-                Code::RecordKeyNotQueryable,
-                "the record key is never queryable",
-            );
-        }
-        if let Some(id) = f.identifiers.iter().next() {
-            return reject(
-                Code::IdentifierInGroupBy,
-                format!(
-                    "column '{id}' is an identifier and cannot be grouped by; use a region or category column instead"
-                ),
-            );
-        }
-        if let Some(d) = f.raw_dates.iter().next() {
-            return reject(
-                Code::DateNotCoarsened,
-                format!(
-                    "column '{d}' is a date and cannot be grouped by directly; group by umur({d}), kelompok_umur(umur({d}), 5) or tahun({d})"
-                ),
-            );
-        }
+        f.forbid(
+            Code::IdentifierInGroupBy,
+            |id| format!("column '{id}' is an identifier and cannot be grouped by; use a region or category column instead"),
+            |d| format!("column '{d}' is a date and cannot be grouped by directly; group by umur({d}), kelompok_umur(umur({d}), 5) or tahun({d})"),
+        )?;
         w.columns.extend(f.columns.iter().copied());
     }
     let max_dims = agreement.limits.max_group_dimensions;
