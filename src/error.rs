@@ -72,6 +72,10 @@ pub enum Error {
     PTableCheck { file: String, violations: usize },
     #[error(transparent)]
     Suppress(crate::protect::suppress::SuppressError),
+    #[error(transparent)]
+    Saved(#[from] crate::saved::SavedError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
 }
 
 fn snapshot_category(e: &SnapshotError) -> ErrorCategory {
@@ -112,6 +116,9 @@ impl Error {
             Error::Runtime(_) => ErrorCategory::Io,
             Error::PTable(_) | Error::Suppress(_) => ErrorCategory::Usage,
             Error::PTableCheck { .. } => ErrorCategory::InvalidData,
+            Error::Saved(_) => ErrorCategory::Usage,
+            Error::State(crate::state::StateError::BudgetExhausted { .. }) => ErrorCategory::Limit,
+            Error::State(_) => ErrorCategory::Io,
         }
     }
 }

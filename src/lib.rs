@@ -24,6 +24,8 @@ pub mod output;
 pub mod protect;
 pub mod query;
 pub mod record_key;
+pub mod saved;
+pub mod state;
 pub mod warehouse;
 
 pub use error::{Error, ErrorCategory};

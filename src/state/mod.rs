@@ -1,0 +1,524 @@
+//! Durable runtime state for the service: the audit log and the privacy
+//! budget ledger.
+//!
+//! # Backends
+//!
+//! Everything goes through the [`StateStore`] trait (`Send + Sync`, so one
+//! store is shared by all request handlers). Today the only backend is
+//! [`SqliteStore`]: an embedded SQLite file in WAL journal mode with
+//! `synchronous=FULL` (a returned `Ok` is on disk), a busy timeout, and one
+//! `Mutex<Connection>` per store. That suits a single service instance. The
+//! trait exists so that a PostgreSQL backend can be added later for
+//! multi-instance deployments, where several processes on several hosts must
+//! share one chain and one ledger; nothing above this module may depend on
+//! SQLite. The schema is versioned in a `schema_version` table and migrated
+//! forward on [`SqliteStore::open`]; a file written by a newer build is
+//! refused rather than guessed at.
+//!
+//! # Audit log: append-only and tamper-evident
+//!
+//! Every request, accepted, rejected or failed, is [`StateStore::append`]ed
+//! as an [`AuditEntry`]. The stored [`AuditRecord`] gets a sequence number
+//! (1, 2, 3, … with no gaps), the previous record's hash (`prev_hash`; 64
+//! zeros for the first record) and its own `hash`: SHA-256, in lower-case
+//! hex, over a canonical serialisation, namely serde_json of a struct with a
+//! fixed field order holding a format version, `seq`, `prev_hash` and every
+//! field of the entry (see [`chain_hash`]). Each append runs in one
+//! `IMMEDIATE` transaction that reads the last hash and inserts the next row,
+//! so concurrent appends, from threads or from other processes opening the
+//! same file, serialise and can never fork the chain.
+//!
+//! [`StateStore::verify`] recomputes every hash and walks the chain. It
+//! reports the first broken link ([`BrokenLink`]):
+//!
+//! - [`BreakReason::HashMismatch`]: the row's content no longer matches its
+//!   hash, so the row was altered;
+//! - [`BreakReason::SequenceGap`]: a sequence number is missing, so a row was
+//!   deleted;
+//! - [`BreakReason::PrevHashMismatch`]: the row does not link to the row
+//!   before it, so rows were deleted, reordered or replaced;
+//! - [`BreakReason::Unreadable`]: a value cannot be decoded at all.
+//!
+//! SQLite triggers also refuse `UPDATE` and `DELETE` on the table, which
+//! stops mistakes but not an attacker with the file: the hash chain is what
+//! detects that. The chain alone cannot detect the *last* records being cut
+//! off; [`ChainReport::head_hash`] is there to be published or copied
+//! elsewhere (an anchor) so that truncation shows too.
+//!
+//! # Budget ledger
+//!
+//! Differential privacy spends a budget per agreement per six-month period
+//! ([`period_of`]: January–June is `S1`, July–December is `S2`, e.g.
+//! `2026-S1`). A release is charged in two steps:
+//!
+//! 1. [`StateStore::reserve`] sums what is already charged and, in the same
+//!    `IMMEDIATE` transaction, either refuses with
+//!    [`StateError::BudgetExhausted`] or inserts a *pending* row. Concurrent
+//!    reservations therefore never overspend, however they interleave.
+//! 2. After the release is computed, [`StateStore::commit`] marks the row
+//!    committed; if execution failed before anything left the service,
+//!    [`StateStore::release`] deletes the pending row and the budget returns.
+//!
+//! **Pending rows count as spent** ([`StateStore::spent`] is committed plus
+//! pending). This is deliberate: if the process crashes between sending a
+//! release and committing its reservation, nobody can tell whether the
+//! release went out, so it stays charged. After a crash pending rows stay
+//! charged until an operator looks at them ([`StateStore::ledger_rows`]);
+//! nothing releases them automatically.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use chrono::{DateTime, Datelike, NaiveDate};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+
+/// `prev_hash` of the first audit record.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Tolerance when comparing spent + requested with the allowance, so that
+/// sums of decimal fractions (0.1 + 0.2) do not refuse a request that fits.
+pub const BUDGET_TOLERANCE: f64 = 1e-12;
+
+/// Version of the canonical serialisation hashed into the chain.
+const CANONICAL_FORMAT: u32 = 1;
+
+/// The durable state the service needs. Implemented by [`SqliteStore`]; a
+/// PostgreSQL backend for multi-instance deployments is meant to implement
+/// it too, with the same guarantees (serialised appends, atomic reserve).
+pub trait StateStore: Send + Sync {
+    /// Appends one entry to the audit chain and returns the stored record
+    /// with its sequence number and hashes.
+    fn append(&self, entry: AuditEntry) -> Result<AuditRecord, StateError>;
+
+    /// Recomputes every hash and checks every link of the audit chain.
+    fn verify(&self) -> Result<ChainReport, StateError>;
+
+    /// Audit records whose time is in `[from, to)` (either bound may be
+    /// left open), in sequence order. Bounds are RFC 3339 timestamps.
+    fn entries(&self, from: Option<&str>, to: Option<&str>)
+    -> Result<Vec<AuditRecord>, StateError>;
+
+    /// Reserves `amount` of the agreement's budget for `period`, refusing
+    /// with [`StateError::BudgetExhausted`] when committed plus pending
+    /// spend plus `amount` would exceed `allowance`. `request_id` must be
+    /// unique within the agreement and period.
+    fn reserve(
+        &self,
+        agreement: &str,
+        period: &str,
+        amount: f64,
+        allowance: f64,
+        request_id: &str,
+    ) -> Result<Reservation, StateError>;
+
+    /// Marks a pending reservation as committed (the release went out).
+    /// Committing an already committed reservation is a no-op.
+    fn commit(&self, reservation: &Reservation) -> Result<(), StateError>;
+
+    /// Deletes a pending reservation (execution failed, nothing went out),
+    /// returning its amount to the budget. A committed one cannot be
+    /// released.
+    fn release(&self, reservation: &Reservation) -> Result<(), StateError>;
+
+    /// Budget charged to the agreement in the period: committed plus
+    /// pending (see the module documentation for why pending counts).
+    fn spent(&self, agreement: &str, period: &str) -> Result<f64, StateError>;
+
+    /// Every ledger row of the agreement, oldest first, for reports.
+    fn ledger_rows(&self, agreement: &str) -> Result<Vec<LedgerRow>, StateError>;
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Answered.
+    Accepted,
+    /// Refused by a gate (malformed, not allowed, budget).
+    Rejected,
+    /// Failed while executing.
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Rejected => "rejected",
+            Outcome::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Outcome> {
+        match s {
+            "accepted" => Some(Outcome::Accepted),
+            "rejected" => Some(Outcome::Rejected),
+            "failed" => Some(Outcome::Failed),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One request as the caller describes it; the store adds seq and hashes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// When the request was received: RFC 3339 in UTC (`Z` or `+00:00`).
+    pub time: String,
+    /// The agreement (PKS) the request ran under.
+    pub agreement: String,
+    /// Identifier of the token used; never the token itself.
+    pub token_id: String,
+    /// Service endpoint, e.g. `/v1/query`.
+    pub endpoint: String,
+    /// SQL text as submitted, where there was one.
+    pub sql: Option<String>,
+    /// Fingerprint of the logical plan, where planning got that far.
+    pub plan_fingerprint: Option<String>,
+    /// Snapshot the query ran on.
+    pub snapshot: Option<String>,
+    pub outcome: Outcome,
+    /// Error or refusal code, e.g. `budget_exhausted`.
+    pub code: Option<String>,
+    /// Cells in the result grid.
+    pub cells: u64,
+    /// Cells suppressed by disclosure control.
+    pub suppressed_cells: u64,
+    /// Privacy loss charged (DP), where any.
+    pub privacy_loss: Option<f64>,
+    pub bytes_out: u64,
+    pub duration_ms: u64,
+    /// Hash of the released result, where one was released.
+    pub result_hash: Option<String>,
+    /// Client address as the service saw it.
+    pub client_addr: Option<String>,
+}
+
+/// A stored audit entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// 1 for the first record, then +1 with no gaps.
+    pub seq: u64,
+    /// `hash` of the record before; [`GENESIS_HASH`] for the first.
+    pub prev_hash: String,
+    /// [`chain_hash`] of this record.
+    pub hash: String,
+    pub entry: AuditEntry,
+}
+
+/// Result of [`StateStore::verify`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainReport {
+    /// Records in the log.
+    pub entries: u64,
+    /// The first broken link; `None` when the whole chain verifies.
+    pub first_broken: Option<BrokenLink>,
+    /// Hash of the last record that verified (the chain head when intact).
+    /// Publish or copy it elsewhere: the chain alone cannot show that its
+    /// last records were removed.
+    pub head_hash: Option<String>,
+}
+
+impl ChainReport {
+    pub fn is_ok(&self) -> bool {
+        self.first_broken.is_none()
+    }
+}
+
+/// Where and why the chain breaks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrokenLink {
+    /// Sequence number of the first record that does not verify.
+    pub seq: u64,
+    pub reason: BreakReason,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BreakReason {
+    #[error(
+        "hash mismatch: the record was altered after it was written (stored {stored}, computed {computed})"
+    )]
+    HashMismatch { stored: String, computed: String },
+    #[error(
+        "prev_hash mismatch: the record does not link to the one before it; records were deleted, reordered or replaced (expected {expected}, found {found})"
+    )]
+    PrevHashMismatch { expected: String, found: String },
+    #[error("sequence gap: expected seq {expected}; records before this one were deleted")]
+    SequenceGap { expected: u64 },
+    #[error("record cannot be decoded: {detail}")]
+    Unreadable { detail: String },
+}
+
+/// A pending charge against a budget, returned by [`StateStore::reserve`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reservation {
+    /// Ledger row id.
+    pub id: i64,
+    pub agreement: String,
+    pub period: String,
+    pub request_id: String,
+    pub amount: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LedgerState {
+    /// Reserved, not yet committed or released. Counts as spent.
+    Pending,
+    /// The release went out.
+    Committed,
+}
+
+impl LedgerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LedgerState::Pending => "pending",
+            LedgerState::Committed => "committed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<LedgerState> {
+        match s {
+            "pending" => Some(LedgerState::Pending),
+            "committed" => Some(LedgerState::Committed),
+            _ => None,
+        }
+    }
+}
+
+/// One row of the budget ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerRow {
+    pub id: i64,
+    pub agreement: String,
+    pub period: String,
+    pub request_id: String,
+    pub amount: f64,
+    pub state: LedgerState,
+    /// RFC 3339 UTC, when the reservation was made.
+    pub reserved_at: String,
+    /// RFC 3339 UTC, when it was committed.
+    pub committed_at: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "privacy budget exhausted for agreement {agreement} in {period}: {spent} spent (committed and pending), {requested} requested, allowance {allowance}; wait for the next period or ask for a larger allowance in the agreement"
+    )]
+    BudgetExhausted {
+        agreement: String,
+        period: String,
+        spent: f64,
+        requested: f64,
+        allowance: f64,
+    },
+    #[error(
+        "state database failed while {context}: {source}; check that the file is writable, on a local disk, and not damaged"
+    )]
+    Sqlite {
+        context: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot create the state directory {}: {source}; create it or fix its permissions", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state database is corrupt: {detail}; restore it from a backup and run verify")]
+    Corrupt { detail: String },
+    #[error(
+        "state database has schema version {found}, this build knows up to {supported}; run a newer build of agregat against it"
+    )]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error(
+        "SQLite refused {pragma}={wanted} (got {got}); put the state database on a local filesystem that supports WAL"
+    )]
+    Pragma {
+        pragma: &'static str,
+        wanted: &'static str,
+        got: String,
+    },
+    #[error("invalid audit entry: {field} {detail}; fix the caller that builds the entry")]
+    InvalidEntry { field: &'static str, detail: String },
+    #[error(
+        "invalid time bound {value:?}: {detail}; give an RFC 3339 timestamp such as 2026-01-31T00:00:00Z"
+    )]
+    InvalidTime { value: String, detail: String },
+    #[error(
+        "invalid budget period {period:?}; periods are YEAR-S1 or YEAR-S2, e.g. 2026-S1 (use period_of)"
+    )]
+    InvalidPeriod { period: String },
+    #[error("invalid {what} {value}: budget amounts must be finite and not negative")]
+    InvalidAmount { what: &'static str, value: f64 },
+    #[error("invalid {what}: it must not be empty")]
+    EmptyField { what: &'static str },
+    #[error(
+        "request {request_id:?} already holds a reservation for agreement {agreement} in {period}; use a fresh request id for each request"
+    )]
+    DuplicateRequest {
+        agreement: String,
+        period: String,
+        request_id: String,
+    },
+    #[error(
+        "reservation {id} (request {request_id:?}) is not in the ledger; it was released already or never made"
+    )]
+    ReservationNotFound { id: i64, request_id: String },
+    #[error(
+        "reservation {id} (request {request_id:?}) is committed and cannot be released; the budget it charged stays spent"
+    )]
+    ReservationCommitted { id: i64, request_id: String },
+}
+
+/// The budget period a date falls in: January–June is `YEAR-S1`,
+/// July–December `YEAR-S2`.
+pub fn period_of(date: NaiveDate) -> String {
+    let half = if date.month() <= 6 { 1 } else { 2 };
+    format!("{}-S{half}", date.year())
+}
+
+/// Whether `period` has the form `YYYY-S1` or `YYYY-S2`.
+pub fn is_valid_period(period: &str) -> bool {
+    let b = period.as_bytes();
+    b.len() == 7
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && &b[4..6] == b"-S"
+        && (b[6] == b'1' || b[6] == b'2')
+}
+
+/// SHA-256 (lower-case hex) of the canonical serialisation of a record:
+/// serde_json of a struct with this fixed field order: format version,
+/// seq, prev_hash, then the entry's fields in declaration order.
+pub fn chain_hash(seq: u64, prev_hash: &str, e: &AuditEntry) -> String {
+    #[derive(Serialize)]
+    struct Canonical<'a> {
+        format: u32,
+        seq: u64,
+        prev_hash: &'a str,
+        time: &'a str,
+        agreement: &'a str,
+        token_id: &'a str,
+        endpoint: &'a str,
+        sql: Option<&'a str>,
+        plan_fingerprint: Option<&'a str>,
+        snapshot: Option<&'a str>,
+        outcome: &'static str,
+        code: Option<&'a str>,
+        cells: u64,
+        suppressed_cells: u64,
+        privacy_loss: Option<f64>,
+        bytes_out: u64,
+        duration_ms: u64,
+        result_hash: Option<&'a str>,
+        client_addr: Option<&'a str>,
+    }
+    let canonical = Canonical {
+        format: CANONICAL_FORMAT,
+        seq,
+        prev_hash,
+        time: &e.time,
+        agreement: &e.agreement,
+        token_id: &e.token_id,
+        endpoint: &e.endpoint,
+        sql: e.sql.as_deref(),
+        plan_fingerprint: e.plan_fingerprint.as_deref(),
+        snapshot: e.snapshot.as_deref(),
+        outcome: e.outcome.as_str(),
+        code: e.code.as_deref(),
+        cells: e.cells,
+        suppressed_cells: e.suppressed_cells,
+        privacy_loss: e.privacy_loss,
+        bytes_out: e.bytes_out,
+        duration_ms: e.duration_ms,
+        result_hash: e.result_hash.as_deref(),
+        client_addr: e.client_addr.as_deref(),
+    };
+    // Strings, integers and finite floats always serialise.
+    let bytes = serde_json::to_vec(&canonical).expect("canonical audit record serialises");
+    hex::encode(Sha256::digest(&bytes))
+}
+
+/// Parses an RFC 3339 timestamp to Unix milliseconds.
+fn rfc3339_millis(value: &str) -> Result<(i64, i32), String> {
+    DateTime::parse_from_rfc3339(value)
+        .map(|t| (t.timestamp_millis(), t.offset().local_minus_utc()))
+        .map_err(|e| e.to_string())
+}
+
+/// Checks an entry before it enters the chain; returns its time in Unix
+/// milliseconds (stored beside it for range queries).
+fn validate_entry(e: &AuditEntry) -> Result<i64, StateError> {
+    let invalid = |field: &'static str, detail: String| StateError::InvalidEntry { field, detail };
+    let (millis, offset) = rfc3339_millis(&e.time)
+        .map_err(|d| invalid("time", format!("{:?} is not RFC 3339: {d}", e.time)))?;
+    if offset != 0 {
+        return Err(invalid(
+            "time",
+            format!("{:?} is not in UTC; use Z or +00:00", e.time),
+        ));
+    }
+    for (field, value) in [
+        ("agreement", &e.agreement),
+        ("token_id", &e.token_id),
+        ("endpoint", &e.endpoint),
+    ] {
+        if value.is_empty() {
+            return Err(invalid(field, "is empty".into()));
+        }
+    }
+    if let Some(loss) = e.privacy_loss
+        && !(loss.is_finite() && loss >= 0.0)
+    {
+        return Err(invalid(
+            "privacy_loss",
+            format!("{loss} is not a finite, non-negative number"),
+        ));
+    }
+    for (field, value) in [
+        ("cells", e.cells),
+        ("suppressed_cells", e.suppressed_cells),
+        ("bytes_out", e.bytes_out),
+        ("duration_ms", e.duration_ms),
+    ] {
+        if i64::try_from(value).is_err() {
+            return Err(invalid(field, format!("{value} exceeds {}", i64::MAX)));
+        }
+    }
+    Ok(millis)
+}
+
+fn validate_amount(what: &'static str, value: f64) -> Result<(), StateError> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(())
+    } else {
+        Err(StateError::InvalidAmount { what, value })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods() {
+        let d = |y, m, day| NaiveDate::from_ymd_opt(y, m, day).unwrap();
+        assert_eq!(period_of(d(2026, 1, 1)), "2026-S1");
+        assert_eq!(period_of(d(2026, 6, 30)), "2026-S1");
+        assert_eq!(period_of(d(2026, 7, 1)), "2026-S2");
+        assert_eq!(period_of(d(2026, 12, 31)), "2026-S2");
+        assert!(is_valid_period("2026-S2"));
+        assert!(!is_valid_period("2026-S3"));
+        assert!(!is_valid_period("26-S1"));
+    }
+}

@@ -1,0 +1,619 @@
+//! [`StateStore`] on an embedded SQLite file (see the parent module).
+
+use super::{
+    AuditEntry, AuditRecord, BUDGET_TOLERANCE, BreakReason, BrokenLink, ChainReport, GENESIS_HASH,
+    LedgerRow, LedgerState, Outcome, Reservation, StateError, StateStore, chain_hash,
+    is_valid_period, rfc3339_millis, validate_amount, validate_entry,
+};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+/// How long a writer waits for another connection's transaction.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Schema migrations; migration `i` brings the schema to version `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE audit_log (
+    seq              INTEGER PRIMARY KEY,
+    time             TEXT    NOT NULL,
+    time_ms          INTEGER NOT NULL,
+    agreement        TEXT    NOT NULL,
+    token_id         TEXT    NOT NULL,
+    endpoint         TEXT    NOT NULL,
+    sql              TEXT,
+    plan_fingerprint TEXT,
+    snapshot         TEXT,
+    outcome          TEXT    NOT NULL,
+    code             TEXT,
+    cells            INTEGER NOT NULL,
+    suppressed_cells INTEGER NOT NULL,
+    privacy_loss     REAL,
+    bytes_out        INTEGER NOT NULL,
+    duration_ms      INTEGER NOT NULL,
+    result_hash      TEXT,
+    client_addr      TEXT,
+    prev_hash        TEXT    NOT NULL,
+    hash             TEXT    NOT NULL
+);
+CREATE INDEX audit_log_time ON audit_log (time_ms);
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+
+-- AUTOINCREMENT: a released row's id is never reused, so a stale
+-- Reservation cannot act on a later one.
+CREATE TABLE budget_ledger (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    agreement    TEXT NOT NULL,
+    period       TEXT NOT NULL,
+    request_id   TEXT NOT NULL,
+    amount       REAL NOT NULL CHECK (amount >= 0),
+    state        TEXT NOT NULL CHECK (state IN ('pending', 'committed')),
+    reserved_at  TEXT NOT NULL,
+    committed_at TEXT,
+    UNIQUE (agreement, period, request_id)
+);
+"#];
+
+const AUDIT_COLUMNS: &str = "seq, time, time_ms, agreement, token_id, endpoint, sql, \
+    plan_fingerprint, snapshot, outcome, code, cells, suppressed_cells, privacy_loss, \
+    bytes_out, duration_ms, result_hash, client_addr, prev_hash, hash";
+
+const LEDGER_COLUMNS: &str =
+    "id, agreement, period, request_id, amount, state, reserved_at, committed_at";
+
+/// The SQLite backend: one connection behind a mutex. Several stores (or
+/// processes) may open the same file; `IMMEDIATE` transactions and the busy
+/// timeout serialise their writes.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+fn sq(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StateError {
+    move |source| StateError::Sqlite { context, source }
+}
+
+impl SqliteStore {
+    /// Opens (creating it and its parent directories if needed) the state
+    /// database at `path`, sets WAL, `synchronous=FULL` and the busy
+    /// timeout, and migrates the schema to the current version.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StateError> {
+        let path = path.as_ref();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| StateError::Io {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        let mut conn = Connection::open(path).map_err(sq("opening the database file"))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(sq("setting the busy timeout"))?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(sq("setting journal_mode=WAL"))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StateError::Pragma {
+                pragma: "journal_mode",
+                wanted: "WAL",
+                got: mode,
+            });
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sq("setting synchronous=FULL"))?;
+        migrate(&mut conn)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Schema version of the open database.
+    pub fn schema_version(&self) -> Result<i64, StateError> {
+        self.lock()
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .map_err(sq("reading the schema version"))
+    }
+
+    /// The connection. A panic while it was held cannot leave a transaction
+    /// open (rusqlite rolls back on drop), so a poisoned lock is recovered.
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StateError> {
+    let supported = MIGRATIONS.len() as i64;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sq("starting the schema migration"))?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        .map_err(sq("creating the schema_version table"))?;
+    let found: Option<i64> = tx
+        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+        .optional()
+        .map_err(sq("reading the schema version"))?;
+    let found = match found {
+        Some(v) => v,
+        None => {
+            tx.execute("INSERT INTO schema_version (version) VALUES (0)", [])
+                .map_err(sq("initialising the schema version"))?;
+            0
+        }
+    };
+    if found > supported {
+        return Err(StateError::SchemaTooNew { found, supported });
+    }
+    if found < 0 {
+        return Err(StateError::Corrupt {
+            detail: format!("schema_version holds {found}"),
+        });
+    }
+    for sql in &MIGRATIONS[found as usize..] {
+        tx.execute_batch(sql)
+            .map_err(sq("applying a schema migration"))?;
+    }
+    tx.execute("UPDATE schema_version SET version = ?1", [supported])
+        .map_err(sq("recording the schema version"))?;
+    tx.commit().map_err(sq("committing the schema migration"))
+}
+
+fn to_i64(v: u64) -> i64 {
+    // validate_entry has checked every count fits.
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A row as stored, before it is checked.
+struct RawAudit {
+    seq: i64,
+    time_ms: i64,
+    outcome: String,
+    counts: [i64; 4],
+    record: AuditRecord,
+}
+
+fn read_audit_row(r: &Row<'_>) -> rusqlite::Result<RawAudit> {
+    Ok(RawAudit {
+        seq: r.get(0)?,
+        time_ms: r.get(2)?,
+        outcome: r.get(9)?,
+        counts: [r.get(11)?, r.get(12)?, r.get(14)?, r.get(15)?],
+        record: AuditRecord {
+            seq: 0,
+            prev_hash: r.get(18)?,
+            hash: r.get(19)?,
+            entry: AuditEntry {
+                time: r.get(1)?,
+                agreement: r.get(3)?,
+                token_id: r.get(4)?,
+                endpoint: r.get(5)?,
+                sql: r.get(6)?,
+                plan_fingerprint: r.get(7)?,
+                snapshot: r.get(8)?,
+                outcome: Outcome::Accepted,
+                code: r.get(10)?,
+                cells: 0,
+                suppressed_cells: 0,
+                privacy_loss: r.get(13)?,
+                bytes_out: 0,
+                duration_ms: 0,
+                result_hash: r.get(16)?,
+                client_addr: r.get(17)?,
+            },
+        },
+    })
+}
+
+impl RawAudit {
+    /// Checks the values that the SQL types do not, and builds the record.
+    fn decode(self) -> Result<AuditRecord, String> {
+        let mut rec = self.record;
+        rec.seq = u64::try_from(self.seq).map_err(|_| format!("seq {} is negative", self.seq))?;
+        rec.entry.outcome = Outcome::parse(&self.outcome)
+            .ok_or_else(|| format!("outcome {:?} is not accepted|rejected|failed", self.outcome))?;
+        let names = ["cells", "suppressed_cells", "bytes_out", "duration_ms"];
+        let mut counts = [0u64; 4];
+        for (i, v) in self.counts.iter().enumerate() {
+            counts[i] = u64::try_from(*v).map_err(|_| format!("{} {v} is negative", names[i]))?;
+        }
+        let e = &mut rec.entry;
+        [e.cells, e.suppressed_cells, e.bytes_out, e.duration_ms] = counts;
+        match rfc3339_millis(&e.time) {
+            Ok((ms, _)) if ms == self.time_ms => {}
+            Ok(_) => {
+                return Err(format!(
+                    "time_ms {} does not match time {:?}",
+                    self.time_ms, e.time
+                ));
+            }
+            Err(d) => return Err(format!("time {:?} is not RFC 3339: {d}", e.time)),
+        }
+        Ok(rec)
+    }
+}
+
+fn read_ledger_row(r: &Row<'_>) -> rusqlite::Result<(LedgerRow, String)> {
+    Ok((
+        LedgerRow {
+            id: r.get(0)?,
+            agreement: r.get(1)?,
+            period: r.get(2)?,
+            request_id: r.get(3)?,
+            amount: r.get(4)?,
+            state: LedgerState::Pending,
+            reserved_at: r.get(6)?,
+            committed_at: r.get(7)?,
+        },
+        r.get(5)?,
+    ))
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+fn sum_spent(conn: &Connection, agreement: &str, period: &str) -> Result<f64, StateError> {
+    conn.query_row(
+        "SELECT TOTAL(amount) FROM budget_ledger WHERE agreement = ?1 AND period = ?2",
+        params![agreement, period],
+        |r| r.get(0),
+    )
+    .map_err(sq("summing the budget spent"))
+}
+
+/// State of the reservation's ledger row, if that row exists. The row must
+/// match the reservation's agreement, period and request id as well as its
+/// id.
+fn ledger_state(conn: &Connection, r: &Reservation) -> Result<Option<String>, StateError> {
+    conn.query_row(
+        "SELECT state FROM budget_ledger \
+         WHERE id = ?1 AND agreement = ?2 AND period = ?3 AND request_id = ?4",
+        params![r.id, r.agreement, r.period, r.request_id],
+        |row| row.get(0),
+    )
+    .optional()
+    .map_err(sq("reading a reservation"))
+}
+
+impl StateStore for SqliteStore {
+    fn append(&self, entry: AuditEntry) -> Result<AuditRecord, StateError> {
+        let time_ms = validate_entry(&entry)?;
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sq("starting an audit append"))?;
+        let last: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(sq("reading the audit chain head"))?;
+        let (seq, prev_hash) = match last {
+            None => (1u64, GENESIS_HASH.to_string()),
+            Some((s, h)) => {
+                let next = u64::try_from(s)
+                    .ok()
+                    .and_then(|s| s.checked_add(1))
+                    .filter(|s| i64::try_from(*s).is_ok())
+                    .ok_or_else(|| StateError::Corrupt {
+                        detail: format!("audit chain head has seq {s}"),
+                    })?;
+                (next, h)
+            }
+        };
+        let hash = chain_hash(seq, &prev_hash, &entry);
+        let e = &entry;
+        tx.execute(
+            &format!(
+                "INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES \
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+            ),
+            params![
+                to_i64(seq),
+                e.time,
+                time_ms,
+                e.agreement,
+                e.token_id,
+                e.endpoint,
+                e.sql,
+                e.plan_fingerprint,
+                e.snapshot,
+                e.outcome.as_str(),
+                e.code,
+                to_i64(e.cells),
+                to_i64(e.suppressed_cells),
+                e.privacy_loss,
+                to_i64(e.bytes_out),
+                to_i64(e.duration_ms),
+                e.result_hash,
+                e.client_addr,
+                prev_hash,
+                hash,
+            ],
+        )
+        .map_err(sq("inserting an audit record"))?;
+        tx.commit().map_err(sq("committing an audit append"))?;
+        Ok(AuditRecord {
+            seq,
+            prev_hash,
+            hash,
+            entry,
+        })
+    }
+
+    fn verify(&self) -> Result<ChainReport, StateError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY seq"
+            ))
+            .map_err(sq("reading the audit log"))?;
+        let mut rows = stmt.query([]).map_err(sq("reading the audit log"))?;
+        let mut entries = 0u64;
+        let mut first_broken = None;
+        let mut expected_seq = 1u64;
+        let mut prev = GENESIS_HASH.to_string();
+        let mut head_hash = None;
+        while let Some(row) = rows.next().map_err(sq("reading the audit log"))? {
+            entries += 1;
+            if first_broken.is_some() {
+                continue;
+            }
+            let raw = match read_audit_row(row) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    let seq: i64 = row.get(0).unwrap_or(0);
+                    first_broken = Some(BrokenLink {
+                        seq: seq.max(0) as u64,
+                        reason: BreakReason::Unreadable {
+                            detail: e.to_string(),
+                        },
+                    });
+                    continue;
+                }
+            };
+            let raw_seq = raw.seq;
+            let rec = match raw.decode() {
+                Ok(rec) => rec,
+                Err(detail) => {
+                    first_broken = Some(BrokenLink {
+                        seq: raw_seq.max(0) as u64,
+                        reason: BreakReason::Unreadable { detail },
+                    });
+                    continue;
+                }
+            };
+            let computed = chain_hash(rec.seq, &rec.prev_hash, &rec.entry);
+            let reason = if computed != rec.hash {
+                Some(BreakReason::HashMismatch {
+                    stored: rec.hash.clone(),
+                    computed,
+                })
+            } else if rec.seq != expected_seq {
+                Some(BreakReason::SequenceGap {
+                    expected: expected_seq,
+                })
+            } else if rec.prev_hash != prev {
+                Some(BreakReason::PrevHashMismatch {
+                    expected: prev.clone(),
+                    found: rec.prev_hash.clone(),
+                })
+            } else {
+                None
+            };
+            match reason {
+                Some(reason) => {
+                    first_broken = Some(BrokenLink {
+                        seq: rec.seq,
+                        reason,
+                    })
+                }
+                None => {
+                    expected_seq = rec.seq + 1;
+                    prev = rec.hash.clone();
+                    head_hash = Some(rec.hash);
+                }
+            }
+        }
+        Ok(ChainReport {
+            entries,
+            first_broken,
+            head_hash,
+        })
+    }
+
+    fn entries(
+        &self,
+        from: Option<&str>,
+        to: Option<&str>,
+    ) -> Result<Vec<AuditRecord>, StateError> {
+        let bound =
+            |v: Option<&str>, default: i64| -> Result<i64, StateError> {
+                match v {
+                    None => Ok(default),
+                    Some(s) => rfc3339_millis(s).map(|(ms, _)| ms).map_err(|detail| {
+                        StateError::InvalidTime {
+                            value: s.to_string(),
+                            detail,
+                        }
+                    }),
+                }
+            };
+        let from_ms = bound(from, i64::MIN)?;
+        let to_ms = bound(to, i64::MAX)?;
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_log \
+                 WHERE time_ms >= ?1 AND time_ms < ?2 ORDER BY seq"
+            ))
+            .map_err(sq("querying the audit log"))?;
+        let rows = stmt
+            .query_map(params![from_ms, to_ms], read_audit_row)
+            .map_err(sq("querying the audit log"))?;
+        let mut out = Vec::new();
+        for raw in rows {
+            let raw = raw.map_err(sq("reading an audit record"))?;
+            let seq = raw.seq;
+            out.push(raw.decode().map_err(|d| StateError::Corrupt {
+                detail: format!("audit record {seq}: {d}"),
+            })?);
+        }
+        Ok(out)
+    }
+
+    fn reserve(
+        &self,
+        agreement: &str,
+        period: &str,
+        amount: f64,
+        allowance: f64,
+        request_id: &str,
+    ) -> Result<Reservation, StateError> {
+        if agreement.is_empty() {
+            return Err(StateError::EmptyField { what: "agreement" });
+        }
+        if request_id.is_empty() {
+            return Err(StateError::EmptyField { what: "request id" });
+        }
+        if !is_valid_period(period) {
+            return Err(StateError::InvalidPeriod {
+                period: period.to_string(),
+            });
+        }
+        validate_amount("amount", amount)?;
+        validate_amount("allowance", allowance)?;
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sq("starting a budget reservation"))?;
+        let duplicate: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM budget_ledger WHERE agreement = ?1 AND period = ?2 AND request_id = ?3",
+                params![agreement, period, request_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sq("checking for a duplicate reservation"))?;
+        if duplicate.is_some() {
+            return Err(StateError::DuplicateRequest {
+                agreement: agreement.to_string(),
+                period: period.to_string(),
+                request_id: request_id.to_string(),
+            });
+        }
+        let spent = sum_spent(&tx, agreement, period)?;
+        if spent + amount > allowance + BUDGET_TOLERANCE {
+            return Err(StateError::BudgetExhausted {
+                agreement: agreement.to_string(),
+                period: period.to_string(),
+                spent,
+                requested: amount,
+                allowance,
+            });
+        }
+        tx.execute(
+            "INSERT INTO budget_ledger (agreement, period, request_id, amount, state, reserved_at) \
+             VALUES (?1, ?2, ?3, ?4, 'pending', ?5)",
+            params![agreement, period, request_id, amount, now_rfc3339()],
+        )
+        .map_err(sq("inserting a budget reservation"))?;
+        let id = tx.last_insert_rowid();
+        tx.commit().map_err(sq("committing a budget reservation"))?;
+        Ok(Reservation {
+            id,
+            agreement: agreement.to_string(),
+            period: period.to_string(),
+            request_id: request_id.to_string(),
+            amount,
+        })
+    }
+
+    fn commit(&self, reservation: &Reservation) -> Result<(), StateError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sq("starting a budget commit"))?;
+        match ledger_state(&tx, reservation)?.as_deref() {
+            None => {
+                return Err(StateError::ReservationNotFound {
+                    id: reservation.id,
+                    request_id: reservation.request_id.clone(),
+                });
+            }
+            Some("committed") => return Ok(()),
+            Some(_) => {
+                tx.execute(
+                    "UPDATE budget_ledger SET state = 'committed', committed_at = ?2 WHERE id = ?1",
+                    params![reservation.id, now_rfc3339()],
+                )
+                .map_err(sq("committing a reservation"))?;
+            }
+        }
+        tx.commit().map_err(sq("committing a budget commit"))
+    }
+
+    fn release(&self, reservation: &Reservation) -> Result<(), StateError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sq("starting a budget release"))?;
+        match ledger_state(&tx, reservation)?.as_deref() {
+            None => {
+                return Err(StateError::ReservationNotFound {
+                    id: reservation.id,
+                    request_id: reservation.request_id.clone(),
+                });
+            }
+            Some("committed") => {
+                return Err(StateError::ReservationCommitted {
+                    id: reservation.id,
+                    request_id: reservation.request_id.clone(),
+                });
+            }
+            Some(_) => {
+                tx.execute(
+                    "DELETE FROM budget_ledger WHERE id = ?1 AND state = 'pending'",
+                    [reservation.id],
+                )
+                .map_err(sq("releasing a reservation"))?;
+            }
+        }
+        tx.commit().map_err(sq("committing a budget release"))
+    }
+
+    fn spent(&self, agreement: &str, period: &str) -> Result<f64, StateError> {
+        sum_spent(&self.lock(), agreement, period)
+    }
+
+    fn ledger_rows(&self, agreement: &str) -> Result<Vec<LedgerRow>, StateError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {LEDGER_COLUMNS} FROM budget_ledger WHERE agreement = ?1 ORDER BY id"
+            ))
+            .map_err(sq("querying the budget ledger"))?;
+        let rows = stmt
+            .query_map([agreement], read_ledger_row)
+            .map_err(sq("querying the budget ledger"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (mut row, state) = row.map_err(sq("reading a ledger row"))?;
+            row.state = LedgerState::parse(&state).ok_or_else(|| StateError::Corrupt {
+                detail: format!("ledger row {} has state {state:?}", row.id),
+            })?;
+            out.push(row);
+        }
+        Ok(out)
+    }
+}
