@@ -73,9 +73,21 @@ pub enum Error {
     #[error(transparent)]
     Suppress(crate::protect::suppress::SuppressError),
     #[error(transparent)]
-    Saved(#[from] crate::saved::SavedError),
+    Saved(Box<crate::saved::SavedError>),
     #[error(transparent)]
-    State(#[from] crate::state::StateError),
+    State(Box<crate::state::StateError>),
+}
+
+impl From<crate::saved::SavedError> for Error {
+    fn from(e: crate::saved::SavedError) -> Self {
+        Error::Saved(Box::new(e))
+    }
+}
+
+impl From<crate::state::StateError> for Error {
+    fn from(e: crate::state::StateError) -> Self {
+        Error::State(Box::new(e))
+    }
 }
 
 fn snapshot_category(e: &SnapshotError) -> ErrorCategory {
@@ -117,7 +129,9 @@ impl Error {
             Error::PTable(_) | Error::Suppress(_) => ErrorCategory::Usage,
             Error::PTableCheck { .. } => ErrorCategory::InvalidData,
             Error::Saved(_) => ErrorCategory::Usage,
-            Error::State(crate::state::StateError::BudgetExhausted { .. }) => ErrorCategory::Limit,
+            Error::State(e) if matches!(**e, crate::state::StateError::BudgetExhausted { .. }) => {
+                ErrorCategory::Limit
+            }
             Error::State(_) => ErrorCategory::Io,
         }
     }
