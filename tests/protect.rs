@@ -2,37 +2,20 @@
 //! number goes through cell-key perturbation and suppression (or DP), and
 //! the attacks an analyst would try recover nothing new.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{Arc, OnceLock};
 
 use agregat::agreement::Agreement;
 use agregat::catalog::RegionScope;
 use agregat::protect::dp::DpBudget;
-use agregat::protect::ptable::PTable;
 use agregat::protect::{Method, Protection, SUPPRESSION_COLUMN, SparsityRule};
-use agregat::query::{Code, Engine, EngineConfig, QueryResult, RunError, run_query};
-use agregat::warehouse::{Snapshot, Verify};
+use agregat::query::{Code, QueryResult, RunError, run_query};
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::Int64Type;
 use datafusion::arrow::util::display::array_value_to_string;
 
-struct Fixture {
-    rt: tokio::runtime::Runtime,
-    engine: Engine,
-}
-
-fn fixture() -> &'static Fixture {
-    static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let snap = Snapshot::open(Path::new("data-samples/dkb-2026-s1"), Verify::Full).unwrap();
-        let engine = rt
-            .block_on(Engine::open(snap, EngineConfig::default()))
-            .unwrap();
-        Fixture { rt, engine }
-    })
-}
+use common::sample as fixture;
 
 /// The default agreement: cell-key, D = 5, k = 10.
 fn cell_key() -> Agreement {
@@ -42,22 +25,7 @@ fn cell_key() -> Agreement {
 /// True values, to compare against (identity ptable, k = 1).
 fn truth() -> Agreement {
     let mut a = cell_key();
-    a.protection = Protection {
-        method: Method::CellKey {
-            ptable: Arc::new(
-                PTable::from_csv(
-                    "cell_value,cell_key,perturbation\n0,0,0\n1,0,0\n2,0,0\n",
-                    "identity",
-                )
-                .unwrap(),
-            ),
-            k: 1,
-        },
-        sparsity: SparsityRule {
-            max_ones_share: 1.0,
-            max_ones_twos_share: 1.0,
-        },
-    };
+    a.protection = common::true_values();
     a
 }
 

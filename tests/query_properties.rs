@@ -4,50 +4,40 @@
 //! every accepted query must return only aggregate rows over the complete
 //! declared grid, with no identifier projected anywhere in the plan.
 
-use std::path::Path;
-use std::sync::OnceLock;
+mod common;
 
 use agregat::agreement::Agreement;
 use agregat::catalog::{self, ColumnClass, RegionScope};
 use agregat::protect::dp::DpBudget;
-use agregat::protect::ptable::PTable;
 use agregat::protect::{Method, Protection, SparsityRule};
-use agregat::query::{Engine, EngineConfig, RunError, run_query};
-use agregat::warehouse::{Snapshot, Verify};
+use agregat::query::{Engine, RunError, run_query};
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::DataType;
 use proptest::prelude::*;
 
 struct Fixture {
-    rt: tokio::runtime::Runtime,
-    engine: Engine,
+    rt: &'static tokio::runtime::Runtime,
+    engine: &'static Engine,
     agreement: Agreement,
 }
 
-fn fixture() -> &'static Fixture {
-    static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let snap = Snapshot::open(Path::new("data-samples/dkb-2026-s1"), Verify::Full).unwrap();
-        let engine = rt
-            .block_on(Engine::open(snap, EngineConfig::default()))
-            .unwrap();
-        let mut agreement = Agreement::unrestricted("prop", RegionScope::parse("61.71").unwrap());
-        // Gate and grid properties: differential privacy releases SUM and
-        // AVG too (cell-key does not), and noise does not change the grid.
-        agreement.protection = Protection {
-            method: Method::Dp {
-                budget: DpBudget::ZCdp { rho: 1.0 },
-                k: 1,
-            },
-            sparsity: SparsityRule::default(),
-        };
-        Fixture {
-            rt,
-            engine,
-            agreement,
-        }
-    })
+fn fixture() -> Fixture {
+    let sample = common::sample();
+    let mut agreement = Agreement::unrestricted("prop", RegionScope::parse("61.71").unwrap());
+    // Gate and grid properties: differential privacy releases SUM and AVG
+    // too (cell-key does not), and noise does not change the grid.
+    agreement.protection = Protection {
+        method: Method::Dp {
+            budget: DpBudget::ZCdp { rho: 1.0 },
+            k: 1,
+        },
+        sparsity: SparsityRule::default(),
+    };
+    Fixture {
+        rt: &sample.rt,
+        engine: &sample.engine,
+        agreement,
+    }
 }
 
 /// A group-by item: SQL, whether it is legitimate, and its domain size
@@ -188,7 +178,7 @@ proptest! {
     fn gate_accepts_exactly_the_legitimate_queries(c in cases()) {
         let f = fixture();
         let (sql, legit, cells) = sql(&c);
-        let result = f.rt.block_on(run_query(&f.engine, &f.agreement, &sql));
+        let result = f.rt.block_on(run_query(f.engine, &f.agreement, &sql));
         match result {
             Ok(r) => {
                 prop_assert!(legit, "accepted an illegitimate query: {sql}");
@@ -227,25 +217,10 @@ proptest! {
 fn counts_add_up_to_the_population() {
     let f = fixture();
     let mut agreement = f.agreement.clone();
-    agreement.protection = Protection {
-        method: Method::CellKey {
-            ptable: std::sync::Arc::new(
-                PTable::from_csv(
-                    "cell_value,cell_key,perturbation\n0,0,0\n1,0,0\n2,0,0\n",
-                    "identity",
-                )
-                .unwrap(),
-            ),
-            k: 1,
-        },
-        sparsity: SparsityRule {
-            max_ones_share: 1.0,
-            max_ones_twos_share: 1.0,
-        },
-    };
+    agreement.protection = common::true_values();
     let r =
         f.rt.block_on(run_query(
-            &f.engine,
+            f.engine,
             &agreement,
             "SELECT kode_kel, agama, COUNT(*) AS n FROM penduduk GROUP BY kode_kel, agama",
         ))

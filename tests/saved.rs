@@ -2,32 +2,18 @@
 //! defaults and passes the same gate as ad-hoc SQL on the sample; bad
 //! parameter values and bad files give typed errors naming what is wrong.
 
+mod common;
+
 use std::path::Path;
 use std::sync::OnceLock;
 
 use agregat::agreement::Agreement;
 use agregat::catalog::RegionScope;
-use agregat::query::{Engine, EngineConfig, QueryResult, run_query};
+use agregat::query::{QueryResult, run_query};
 use agregat::saved::{ParamKind, SavedError, SavedQueries, SavedQuery};
-use agregat::warehouse::{Snapshot, Verify};
 use serde_json::{Map, Value, json};
 
-struct Fixture {
-    rt: tokio::runtime::Runtime,
-    engine: Engine,
-}
-
-fn fixture() -> &'static Fixture {
-    static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let snap = Snapshot::open(Path::new("data-samples/dkb-2026-s1"), Verify::Full).unwrap();
-        let engine = rt
-            .block_on(Engine::open(snap, EngineConfig::default()))
-            .unwrap();
-        Fixture { rt, engine }
-    })
-}
+use common::sample as fixture;
 
 fn queries() -> &'static SavedQueries {
     static Q: OnceLock<SavedQueries> = OnceLock::new();

@@ -32,7 +32,8 @@
 //! `SQL_CORPUS_FILTER=substring` runs only the cases whose `file:line` or SQL
 //! contains the substring.
 
-use agregat::protect::ptable::PTable;
+mod common;
+
 use agregat::protect::{Method, Protection, SparsityRule};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -308,7 +309,7 @@ fn agreements() -> BTreeMap<&'static str, Agreement> {
     // independently (DuckDB): an identity ptable (no perturbation), k = 1
     // and no sparsity refusal. Real protection is tested in tests/protect.rs.
     for a in m.values_mut() {
-        a.protection = identity_protection();
+        a.protection = common::true_values();
     }
     // SUM and AVG are released only under differential privacy: a budget so
     // large that the noise is zero with overwhelming probability lets the
@@ -323,25 +324,6 @@ fn agreements() -> BTreeMap<&'static str, Agreement> {
     };
     m.insert("dp_exact", dp);
     m
-}
-
-/// Protection that releases true values, for checking the gate only.
-fn identity_protection() -> Protection {
-    let ptable = PTable::from_csv(
-        "cell_value,cell_key,perturbation\n0,0,0\n1,0,0\n2,0,0\n",
-        "identity",
-    )
-    .unwrap();
-    Protection {
-        method: Method::CellKey {
-            ptable: std::sync::Arc::new(ptable),
-            k: 1,
-        },
-        sparsity: SparsityRule {
-            max_ones_share: 1.0,
-            max_ones_twos_share: 1.0,
-        },
-    }
 }
 
 fn format_batches(batches: &[RecordBatch]) -> Result<Vec<String>, String> {

@@ -156,6 +156,15 @@ pub struct DpColumn {
     pub margin_of_error_95: f64,
 }
 
+impl DpColumn {
+    fn of(release: &dp::DpRelease) -> DpColumn {
+        DpColumn {
+            scale: release.scale,
+            margin_of_error_95: release.margin_of_error_95,
+        }
+    }
+}
+
 /// Released values: the only input the post-plan and the encoders accept.
 #[derive(Debug, Clone)]
 pub struct ProtectedTable {
@@ -510,13 +519,7 @@ pub(crate) fn protect(
                         let rel =
                             dp::noisy_counts(&truth, t.grouping_sets, share).map_err(dp_err)?;
                         charge += rel.charge.value();
-                        columns.insert(
-                            name,
-                            DpColumn {
-                                scale: rel.scale,
-                                margin_of_error_95: rel.margin_of_error_95,
-                            },
-                        );
+                        columns.insert(name, DpColumn::of(&rel));
                         let v: Vec<i64> = rel.values.iter().map(|&x| x.max(0)).collect();
                         if noisy_first.is_none() {
                             noisy_first = Some(v.clone());
@@ -533,13 +536,7 @@ pub(crate) fn protect(
                         )
                         .map_err(dp_err)?;
                         charge += rel.charge.value();
-                        columns.insert(
-                            name,
-                            DpColumn {
-                                scale: rel.scale,
-                                margin_of_error_95: rel.margin_of_error_95,
-                            },
-                        );
+                        columns.insert(name, DpColumn::of(&rel));
                         Arc::new(Int64Array::from(rel.values.clone()))
                     }
                     AggregateKind::Avg { lo, hi } => {
@@ -560,13 +557,7 @@ pub(crate) fn protect(
                         let c =
                             dp::noisy_counts(&counts, t.grouping_sets, share).map_err(dp_err)?;
                         charge += s.charge.value() + c.charge.value();
-                        columns.insert(
-                            name,
-                            DpColumn {
-                                scale: s.scale,
-                                margin_of_error_95: s.margin_of_error_95,
-                            },
-                        );
+                        columns.insert(name, DpColumn::of(&s));
                         let v: Float64Array = (0..rows)
                             .map(|r| {
                                 (c.values[r] > 0).then(|| {

@@ -168,6 +168,32 @@ fn reject<T>(code: Code, message: impl Into<String>) -> Result<T, QueryError> {
     Err(QueryError::new(code, message))
 }
 
+const WINDOW_MESSAGE: &str =
+    "window functions (OVER ...) are not allowed; they compute values per person";
+
+/// Plan nodes refused wherever they appear, above or below the aggregate.
+fn refused_node(plan: &LogicalPlan) -> Option<QueryError> {
+    let (code, message) = match plan {
+        LogicalPlan::Window(_) => (Code::WindowFunctionNotAllowed, WINDOW_MESSAGE),
+        LogicalPlan::Union(_) => (
+            Code::SetOperationNotAllowed,
+            "UNION, INTERSECT and EXCEPT are not allowed; use GROUPING SETS or ROLLUP for several groupings in one query",
+        ),
+        LogicalPlan::Explain(_)
+        | LogicalPlan::Analyze(_)
+        | LogicalPlan::Statement(_)
+        | LogicalPlan::Dml(_)
+        | LogicalPlan::Ddl(_)
+        | LogicalPlan::Copy(_)
+        | LogicalPlan::DescribeTable(_) => (
+            Code::StatementNotAllowed,
+            "only a single SELECT statement is accepted",
+        ),
+        _ => return None,
+    };
+    Some(QueryError::new(code, message))
+}
+
 fn plan_reads(plan: &LogicalPlan, table: &str) -> bool {
     let mut found = false;
     let _ = plan.apply_with_subqueries(|p| {
@@ -338,10 +364,7 @@ impl Walk {
                 Code::NestedAggregate,
                 "an aggregate cannot be used here; aggregate once, at the top of the query",
             ),
-            Expr::WindowFunction(_) => reject(
-                Code::WindowFunctionNotAllowed,
-                "window functions (OVER ...) are not allowed; they compute values per person",
-            ),
+            Expr::WindowFunction(_) => reject(Code::WindowFunctionNotAllowed, WINDOW_MESSAGE),
             Expr::ScalarSubquery(s) => {
                 self.subquery(&s.subquery, !s.outer_ref_columns.is_empty())?;
                 Ok(Facts {
@@ -533,6 +556,9 @@ impl Walk {
     /// Validates the subtree below the aggregate; returns facts per output
     /// column.
     fn lower(&mut self, plan: &LogicalPlan) -> Result<Vec<Facts>, QueryError> {
+        if let Some(e) = refused_node(plan) {
+            return Err(e);
+        }
         match plan {
             LogicalPlan::TableScan(t) => {
                 let table = t.table_name.table();
@@ -704,14 +730,6 @@ impl Walk {
                 Code::NestedAggregate,
                 "aggregating the result of another aggregate is not allowed; it can single out small groups. Aggregate once, over penduduk",
             ),
-            LogicalPlan::Window(_) => reject(
-                Code::WindowFunctionNotAllowed,
-                "window functions (OVER ...) are not allowed; they compute values per person",
-            ),
-            LogicalPlan::Union(_) => reject(
-                Code::SetOperationNotAllowed,
-                "UNION, INTERSECT and EXCEPT are not allowed; use GROUPING SETS or ROLLUP for several groupings in one query",
-            ),
             LogicalPlan::Sort(_) | LogicalPlan::Limit(_) | LogicalPlan::Distinct(_) => reject(
                 Code::PlanShapeNotAllowed,
                 "ORDER BY, LIMIT and DISTINCT inside a subquery pick individual rows; apply them to the aggregated result instead",
@@ -723,16 +741,6 @@ impl Walk {
             LogicalPlan::EmptyRelation(_) => reject(
                 Code::NotAnAggregate,
                 "the query must aggregate over penduduk, e.g. SELECT kode_kec, COUNT(*) FROM penduduk GROUP BY kode_kec",
-            ),
-            LogicalPlan::Explain(_)
-            | LogicalPlan::Analyze(_)
-            | LogicalPlan::Statement(_)
-            | LogicalPlan::Dml(_)
-            | LogicalPlan::Ddl(_)
-            | LogicalPlan::Copy(_)
-            | LogicalPlan::DescribeTable(_) => reject(
-                Code::StatementNotAllowed,
-                "only a single SELECT statement is accepted",
             ),
             other => reject(
                 Code::PlanShapeNotAllowed,
@@ -936,6 +944,9 @@ pub fn validate(
     // 1. The post-plan above the aggregate.
     let mut node = plan;
     let agg = loop {
+        if let Some(e) = refused_node(node) {
+            return Err(e);
+        }
         match node {
             LogicalPlan::Projection(p) => {
                 for e in &p.expr {
@@ -957,30 +968,6 @@ pub fn validate(
             LogicalPlan::SubqueryAlias(a) => node = &a.input,
             LogicalPlan::Distinct(Distinct::All(input)) => node = input,
             LogicalPlan::Aggregate(a) => break a,
-            LogicalPlan::Window(_) => {
-                return reject(
-                    Code::WindowFunctionNotAllowed,
-                    "window functions (OVER ...) are not allowed; they compute values per person",
-                );
-            }
-            LogicalPlan::Union(_) => {
-                return reject(
-                    Code::SetOperationNotAllowed,
-                    "UNION, INTERSECT and EXCEPT are not allowed; use GROUPING SETS or ROLLUP for several groupings in one query",
-                );
-            }
-            LogicalPlan::Explain(_)
-            | LogicalPlan::Analyze(_)
-            | LogicalPlan::Statement(_)
-            | LogicalPlan::Dml(_)
-            | LogicalPlan::Ddl(_)
-            | LogicalPlan::Copy(_)
-            | LogicalPlan::DescribeTable(_) => {
-                return reject(
-                    Code::StatementNotAllowed,
-                    "only a single SELECT statement is accepted",
-                );
-            }
             other => {
                 // Not an aggregate: say which identifier would have leaked.
                 let mut ids = BTreeSet::new();
