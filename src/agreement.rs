@@ -111,43 +111,73 @@ struct AgreementFile {
 ///
 /// Files cannot switch protection off: k must be at least 3, a ptable must
 /// pass `agregat ptable check` with a maximum perturbation of at least 1.
+///
+/// The service's policy files (`crate::policy`) reuse this section through
+/// [`ProtectionFile::build_keyed`], which also names the offending key.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ProtectionFile {
+pub(crate) struct ProtectionFile {
     #[serde(default = "default_method")]
-    method: String,
+    pub(crate) method: String,
     #[serde(default = "default_k")]
-    k: u64,
-    ptable: Option<std::path::PathBuf>,
-    rho: Option<f64>,
-    epsilon: Option<f64>,
-    sparsity_max_ones: Option<f64>,
-    sparsity_max_ones_twos: Option<f64>,
+    pub(crate) k: u64,
+    pub(crate) ptable: Option<std::path::PathBuf>,
+    pub(crate) rho: Option<f64>,
+    pub(crate) epsilon: Option<f64>,
+    pub(crate) sparsity_max_ones: Option<f64>,
+    pub(crate) sparsity_max_ones_twos: Option<f64>,
 }
 
-fn default_method() -> String {
+pub(crate) fn default_method() -> String {
     "cell_key".to_string()
 }
 
-fn default_k() -> u64 {
+pub(crate) fn default_k() -> u64 {
     10
 }
 
 impl ProtectionFile {
     fn build(self, id: &str, base: Option<&Path>) -> Result<Protection, AgreementError> {
+        self.build_keyed(base)
+            .map_err(|(_, message)| AgreementError::Protection {
+                id: id.to_string(),
+                message,
+            })
+    }
+
+    /// Builds the protection; an error names the key it is about
+    /// (`"method"`, `"k"`, `"ptable"`, `"rho"`, `"epsilon"`,
+    /// `"sparsity_max_ones"` or `"sparsity_max_ones_twos"`) and says what is
+    /// wrong.
+    pub(crate) fn build_keyed(
+        self,
+        base: Option<&Path>,
+    ) -> Result<Protection, (&'static str, String)> {
         use crate::protect::dp::DpBudget;
         use crate::protect::{Method, SparsityRule};
-        let bad = |message: String| AgreementError::Protection {
-            id: id.to_string(),
-            message,
-        };
         if self.k < 3 {
-            return Err(bad(format!(
-                "k = {} is too small; use at least 3 (10 is usual)",
-                self.k
-            )));
+            return Err((
+                "k",
+                format!("k = {} is too small; use at least 3 (10 is usual)", self.k),
+            ));
         }
         let defaults = SparsityRule::default();
+        for (key, value) in [
+            ("sparsity_max_ones", self.sparsity_max_ones),
+            ("sparsity_max_ones_twos", self.sparsity_max_ones_twos),
+        ] {
+            if let Some(v) = value
+                && !(v.is_finite() && v > 0.0 && v <= 1.0)
+            {
+                return Err((
+                    key,
+                    format!(
+                        "{key} = {v} is not a share; use a number in (0, 1] (defaults: sparsity_max_ones = {}, sparsity_max_ones_twos = {})",
+                        defaults.max_ones_share, defaults.max_ones_twos_share
+                    ),
+                ));
+            }
+        }
         let sparsity = SparsityRule {
             max_ones_share: self.sparsity_max_ones.unwrap_or(defaults.max_ones_share),
             max_ones_twos_share: self
@@ -157,7 +187,8 @@ impl ProtectionFile {
         let method = match self.method.as_str() {
             "cell_key" => {
                 if self.rho.is_some() || self.epsilon.is_some() {
-                    return Err(bad("rho and epsilon belong to method = \"dp\"".into()));
+                    let key = if self.rho.is_some() { "rho" } else { "epsilon" };
+                    return Err((key, "rho and epsilon belong to method = \"dp\"".into()));
                 }
                 let ptable = match &self.ptable {
                     None => match Protection::default_cell_key().method {
@@ -166,6 +197,7 @@ impl ProtectionFile {
                     },
                     Some(p) => {
                         let path = base.map_or_else(|| p.clone(), |b| b.join(p));
+                        let bad = |message: String| ("ptable", message);
                         let text = std::fs::read_to_string(&path).map_err(|e| {
                             bad(format!("cannot read ptable '{}': {e}", path.display()))
                         })?;
@@ -194,25 +226,30 @@ impl ProtectionFile {
                 Method::CellKey { ptable, k: self.k }
             }
             "dp" => {
-                let budget =
-                    match (self.rho, self.epsilon) {
-                        (Some(rho), None) => DpBudget::ZCdp { rho },
-                        (None, Some(epsilon)) => DpBudget::PureDp { epsilon },
-                        _ => return Err(bad(
+                let budget = match (self.rho, self.epsilon) {
+                    (Some(rho), None) => DpBudget::ZCdp { rho },
+                    (None, Some(epsilon)) => DpBudget::PureDp { epsilon },
+                    _ => {
+                        return Err((
+                            "method",
                             "method = \"dp\" needs exactly one of rho (zCDP) or epsilon (pure DP)"
                                 .into(),
-                        )),
-                    };
-                budget.validate().map_err(|e| bad(e.to_string()))?;
+                        ));
+                    }
+                };
+                budget
+                    .validate()
+                    .map_err(|e| (budget.parameter(), e.to_string()))?;
                 if self.ptable.is_some() {
-                    return Err(bad("ptable belongs to method = \"cell_key\"".into()));
+                    return Err(("ptable", "ptable belongs to method = \"cell_key\"".into()));
                 }
                 Method::Dp { budget, k: self.k }
             }
             other => {
-                return Err(bad(format!(
-                    "unknown method '{other}'; use \"cell_key\" or \"dp\""
-                )));
+                return Err((
+                    "method",
+                    format!("unknown method '{other}'; use \"cell_key\" or \"dp\""),
+                ));
             }
         };
         Ok(Protection { method, sparsity })

@@ -76,6 +76,35 @@ pub enum Error {
     Saved(Box<crate::saved::SavedError>),
     #[error(transparent)]
     State(Box<crate::state::StateError>),
+    #[error(transparent)]
+    Service(Box<crate::service::ServiceError>),
+    #[error(transparent)]
+    Policy(Box<crate::policy::PolicyErrors>),
+    #[error(transparent)]
+    Report(crate::report::ReportError),
+    /// A command-line argument that is wrong in itself.
+    #[error("{0}")]
+    Usage(String),
+    #[error(
+        "audit chain broken at entry {seq} (of {entries}): {reason}; the log was tampered with or damaged after it was written: restore it from a backup and investigate"
+    )]
+    ChainBroken {
+        seq: u64,
+        entries: u64,
+        reason: String,
+    },
+}
+
+impl From<crate::service::ServiceError> for Error {
+    fn from(e: crate::service::ServiceError) -> Self {
+        Error::Service(Box::new(e))
+    }
+}
+
+impl From<crate::policy::PolicyErrors> for Error {
+    fn from(e: crate::policy::PolicyErrors) -> Self {
+        Error::Policy(Box::new(e))
+    }
 }
 
 impl From<crate::saved::SavedError> for Error {
@@ -99,6 +128,17 @@ fn snapshot_category(e: &SnapshotError) -> ErrorCategory {
         | S::ManifestMissing { .. } => ErrorCategory::Usage,
         S::Io { .. } => ErrorCategory::Io,
         _ => ErrorCategory::Integrity,
+    }
+}
+
+fn service_category(e: &crate::service::ServiceError) -> ErrorCategory {
+    use crate::service::ServiceError as S;
+    match e {
+        S::Snapshot(e) => snapshot_category(e),
+        S::SecretMismatch { .. } => ErrorCategory::Integrity,
+        S::State(_) | S::Warehouse { .. } | S::Bind { .. } | S::Serve(_) => ErrorCategory::Io,
+        S::Engine { .. } => ErrorCategory::Internal,
+        _ => ErrorCategory::Usage,
     }
 }
 
@@ -133,6 +173,10 @@ impl Error {
                 ErrorCategory::Limit
             }
             Error::State(_) => ErrorCategory::Io,
+            Error::Service(e) => service_category(e),
+            Error::Policy(_) => ErrorCategory::Usage,
+            Error::ChainBroken { .. } => ErrorCategory::Integrity,
+            Error::Report(_) | Error::Usage(_) => ErrorCategory::Usage,
         }
     }
 }

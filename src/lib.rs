@@ -3,9 +3,16 @@
 //!
 //! The modules follow the data flow:
 //!
+//! - [`service`]: the HTTP API: tokens, agreements, rate limits, the
+//!   budget ledger and the audit entry of every request;
+//! - [`policy`]: the directory of PKS agreement files and their tokens;
 //! - [`agreement`]: what one institution (PKS) may ask;
 //! - [`query`]: SQL plan, the aggregate-only gate, execution and the
 //!   complete result grid;
+//! - [`protect`]: cell-key perturbation, suppression, differential privacy;
+//! - [`output`]: encoding released tables (JSON, CSV, Parquet);
+//! - [`state`]: the audit log and the budget ledger (SQLite);
+//! - [`report`]: the six-monthly monitoring report over the audit log;
 //!
 //! and underneath, the warehouse layer:
 //!
@@ -21,10 +28,13 @@ pub mod error;
 pub mod generate;
 pub mod import;
 pub mod output;
+pub mod policy;
 pub mod protect;
 pub mod query;
 pub mod record_key;
+pub mod report;
 pub mod saved;
+pub mod service;
 pub mod state;
 pub mod warehouse;
 

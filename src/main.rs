@@ -100,6 +100,111 @@ enum Command {
         #[command(subcommand)]
         command: SnapshotCommand,
     },
+    /// Serve the HTTP API. With no arguments: the committed sample
+    /// (data-samples), its example agreements, state in ./agregat-state/,
+    /// on 127.0.0.1:8080.
+    Serve(ServeArgs),
+    /// Agreement (PKS) files: validate a policy directory, mint tokens.
+    Agreement {
+        #[command(subcommand)]
+        command: AgreementCommand,
+    },
+    /// The audit log: verify its hash chain, write the monitoring report.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+/// Settings of `agregat serve`: flags and environment variables override
+/// the config file, which overrides the built-in defaults.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Config file (default: ./agregat.toml when it exists).
+    #[arg(long, env = "AGREGAT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen address, e.g. 127.0.0.1:8080.
+    #[arg(long, env = "AGREGAT_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Directory of snapshot directories.
+    #[arg(long, env = "AGREGAT_WAREHOUSE")]
+    warehouse: Option<PathBuf>,
+    /// Policy directory of PKS agreement files.
+    #[arg(long, env = "AGREGAT_POLICY")]
+    policy: Option<PathBuf>,
+    /// Saved queries directory.
+    #[arg(long, env = "AGREGAT_QUERIES")]
+    queries: Option<PathBuf>,
+    /// State directory (audit log and budget ledger).
+    #[arg(long, env = "AGREGAT_STATE")]
+    state: Option<PathBuf>,
+    /// Record-key secret file the snapshots were built with.
+    #[arg(long, env = "AGREGAT_RECORD_KEY_SECRET_FILE")]
+    record_key_secret: Option<PathBuf>,
+    /// Memory pool per snapshot, MiB.
+    #[arg(long, env = "AGREGAT_MEMORY_LIMIT_MB")]
+    memory_limit_mb: Option<usize>,
+    /// Upper bound of one query, seconds.
+    #[arg(long, env = "AGREGAT_QUERY_TIMEOUT_SECONDS")]
+    query_timeout_seconds: Option<u64>,
+    /// Queries executing at once.
+    #[arg(long, env = "AGREGAT_MAX_CONCURRENT_QUERIES")]
+    max_concurrent_queries: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum AgreementCommand {
+    /// Validate every agreement file of a policy directory; each problem is
+    /// reported with its file and line.
+    Check {
+        #[arg(default_value = "data-samples/agreements")]
+        dir: PathBuf,
+    },
+    /// Mint a new token for an agreement: the token is printed once, only
+    /// its SHA-256 is appended to the agreement file as a [[token]] block.
+    /// Revoke by deleting the block; a running service reloads either way.
+    Token {
+        /// Agreement id, e.g. disdikbud-pontianak.
+        id: String,
+        #[arg(long, default_value = "data-samples/agreements")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute every hash of the audit chain; report the first broken link.
+    Verify {
+        /// State directory (or the state.sqlite file itself).
+        #[arg(long, default_value = "agregat-state")]
+        state: PathBuf,
+    },
+    /// The six-monthly monitoring report (monev) for Disdukcapil.
+    Report {
+        /// First day (WIB), YYYY-MM-DD.
+        #[arg(long)]
+        from: chrono::NaiveDate,
+        /// Last day (WIB), inclusive.
+        #[arg(long)]
+        to: chrono::NaiveDate,
+        /// Only this agreement.
+        #[arg(long)]
+        agreement: Option<String>,
+        /// html, md, csv or json.
+        #[arg(long, default_value = "html")]
+        format: String,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value = "agregat-state")]
+        state: PathBuf,
+        /// Policy directory, for the agreements' PKS details and allowances.
+        #[arg(long, default_value = "data-samples/agreements")]
+        policy: PathBuf,
+        /// "Today" for the expiry warnings (default: today in WIB).
+        #[arg(long)]
+        as_of: Option<chrono::NaiveDate>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -267,8 +372,268 @@ fn run(cli: Cli) -> Result<(), agregat::Error> {
                 }
             );
         }
+        Command::Serve(args) => serve(args)?,
+        Command::Agreement {
+            command: AgreementCommand::Check { dir },
+        } => {
+            use agregat::service::Clock;
+            let today = agregat::service::SystemClock.today();
+            let policy = agregat::policy::Policy::load_dir(&dir, today)?;
+            for p in policy.agreements() {
+                println!(
+                    "{}: OK ({}, {}, {} .. {}, {} tokens)",
+                    p.id(),
+                    p.institution,
+                    p.stage,
+                    p.valid_from,
+                    p.valid_until,
+                    p.tokens.len()
+                );
+            }
+        }
+        Command::Agreement {
+            command: AgreementCommand::Token { id, dir },
+        } => {
+            use agregat::service::Clock;
+            let today = agregat::service::SystemClock.today();
+            let (token, token_id, file) = agregat::policy::add_token(&dir, &id, today)?;
+            eprintln!(
+                "added token '{token_id}' (its SHA-256 only) to {}; a running service picks it up within seconds.\nThe token is shown once; hand it to {id} over a secure channel:",
+                file.display()
+            );
+            println!("{token}");
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { state },
+        } => {
+            use agregat::state::StateStore;
+            let store = agregat::state::SqliteStore::open(state_file(&state))?;
+            let report = store.verify()?;
+            match &report.first_broken {
+                None => println!(
+                    "audit chain OK: {} entries, head {}",
+                    report.entries,
+                    report.head_hash.as_deref().unwrap_or("(empty)")
+                ),
+                Some(b) => {
+                    return Err(agregat::Error::ChainBroken {
+                        seq: b.seq,
+                        entries: report.entries,
+                        reason: b.reason.to_string(),
+                    });
+                }
+            }
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Report {
+                    from,
+                    to,
+                    agreement,
+                    format,
+                    out,
+                    state,
+                    policy,
+                    as_of,
+                },
+        } => {
+            let bytes = audit_report(from, to, agreement, &format, &state, &policy, as_of)?;
+            match out {
+                Some(path) => std::fs::write(&path, bytes).map_err(agregat::Error::Runtime)?,
+                None => {
+                    use std::io::Write;
+                    std::io::stdout()
+                        .write_all(&bytes)
+                        .map_err(agregat::Error::Runtime)?;
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// The config file, then flags and environment variables on top.
+fn serve_config(args: ServeArgs) -> Result<agregat::service::ServiceConfig, agregat::Error> {
+    use agregat::service::ServiceConfig;
+    let mut c = match &args.config {
+        Some(p) => ServiceConfig::load(p).map_err(agregat::service::ServiceError::from)?,
+        None if std::path::Path::new("agregat.toml").is_file() => {
+            ServiceConfig::load(std::path::Path::new("agregat.toml"))
+                .map_err(agregat::service::ServiceError::from)?
+        }
+        None => ServiceConfig::default(),
+    };
+    if let Some(v) = args.listen {
+        c.listen = v;
+    }
+    if let Some(v) = args.warehouse {
+        c.warehouse = v;
+    }
+    if let Some(v) = args.policy {
+        c.policy = v;
+    }
+    if let Some(v) = args.queries {
+        c.queries = v;
+    }
+    if let Some(v) = args.state {
+        c.state = v;
+    }
+    if let Some(v) = args.record_key_secret {
+        c.record_key_secret = Some(v);
+    }
+    if let Some(v) = args.memory_limit_mb {
+        c.limits.memory_limit_mb = v;
+    }
+    if let Some(v) = args.query_timeout_seconds {
+        c.limits.query_timeout_seconds = v;
+    }
+    if let Some(v) = args.max_concurrent_queries {
+        c.limits.max_concurrent_queries = v;
+    }
+    Ok(c)
+}
+
+/// What the report needs to know about one agreement.
+fn agreement_info(p: &agregat::policy::Pks) -> agregat::report::AgreementInfo {
+    agregat::report::AgreementInfo {
+        id: p.id().to_string(),
+        institution: p.institution.clone(),
+        pks_number: p.pks_number.clone(),
+        stage: p.stage.to_string(),
+        valid_from: p.valid_from,
+        valid_until: p.valid_until,
+        permitted_elements: p.agreement.permitted.iter().cloned().collect(),
+        minister_permission: p.agreement.minister_permission.iter().cloned().collect(),
+        method: match p.agreement.protection.method {
+            agregat::protect::Method::CellKey { .. } => "cell_key".into(),
+            agregat::protect::Method::Dp { .. } => "dp".into(),
+        },
+        budget_per_period: p.budget_per_period,
+    }
+}
+
+/// Builds the monitoring report from the state database and the policy.
+fn audit_report(
+    from: chrono::NaiveDate,
+    to: chrono::NaiveDate,
+    agreement: Option<String>,
+    format: &str,
+    state: &std::path::Path,
+    policy: &std::path::Path,
+    as_of: Option<chrono::NaiveDate>,
+) -> Result<Vec<u8>, agregat::Error> {
+    use agregat::report::{self, AgreementInfo, ReportInput};
+    use agregat::service::Clock;
+    use agregat::state::StateStore;
+    let format: report::Format = format.parse().map_err(agregat::Error::Report)?;
+    if to < from {
+        return Err(agregat::Error::Usage(format!(
+            "--to {to} is before --from {from}; give the first and the last day of the period"
+        )));
+    }
+    let file = state_file(state);
+    if !file.is_file() {
+        return Err(agregat::Error::Usage(format!(
+            "no state database at {}; point --state at the service's state directory",
+            file.display()
+        )));
+    }
+    let store = agregat::state::SqliteStore::open(&file)?;
+    let chain = store.verify()?;
+    let (lo, hi) = report::window_bounds(from, to);
+    let records = store.entries(Some(&lo), Some(&hi))?;
+    // Expired agreements belong in the report: validate everything except
+    // expiry (the report flags it itself).
+    let policy = agregat::policy::Policy::load_dir(policy, chrono::NaiveDate::MIN)?;
+    let agreements: Vec<AgreementInfo> = policy.agreements().map(|p| agreement_info(p)).collect();
+    let mut ids: std::collections::BTreeSet<String> =
+        agreements.iter().map(|a| a.id.clone()).collect();
+    ids.extend(records.iter().map(|r| r.entry.agreement.clone()));
+    let mut ledger = Vec::new();
+    for id in &ids {
+        ledger.extend(store.ledger_rows(id)?);
+    }
+    let as_of = as_of.unwrap_or_else(|| agregat::service::SystemClock.today());
+    let r = report::build(&ReportInput {
+        from,
+        to,
+        as_of,
+        agreement_filter: agreement.as_deref(),
+        chain: &chain,
+        records: &records,
+        agreements: &agreements,
+        ledger: &ledger,
+    });
+    if !r.chain.ok {
+        eprintln!("WARNING: {}", r.chain.message);
+    }
+    report::render(&r, format).map_err(agregat::Error::Report)
+}
+
+/// The state database file of a state directory (or the file itself).
+fn state_file(path: &std::path::Path) -> PathBuf {
+    if path.is_dir() {
+        path.join("state.sqlite")
+    } else {
+        path.to_path_buf()
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), agregat::Error> {
+    use agregat::service::{AppState, SystemClock, run_until_signal};
+    use std::sync::Arc;
+    let config = serve_config(args)?;
+    let runtime = tokio::runtime::Runtime::new().map_err(agregat::Error::Runtime)?;
+    runtime.block_on(async {
+        let demo = config.demo_tokens.clone();
+        let listen = config.listen;
+        eprintln!(
+            "agregat: opening warehouse {}, policy {}, state {}",
+            config.warehouse.display(),
+            config.policy.display(),
+            config.state.display()
+        );
+        let state = Arc::new(AppState::open(config, Arc::new(SystemClock)).await?);
+        let policy = state.policy();
+        eprintln!(
+            "agregat: {} snapshots ({}), {} agreements ({})",
+            state.snapshots().len(),
+            state
+                .snapshots()
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+            policy.agreements().count(),
+            policy
+                .agreements()
+                .map(|p| p.id().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if let Some(tokens) = demo
+            .as_deref()
+            .filter(|p| p.is_file())
+            .and_then(|p| agregat::policy::load_demo_tokens(p).ok())
+        {
+            print_demo(&tokens, listen);
+        }
+        run_until_signal(state).await?;
+        Ok::<(), agregat::Error>(())
+    })
+}
+
+/// The demo credentials of the sample, with a ready-to-paste request.
+fn print_demo(tokens: &std::collections::BTreeMap<String, String>, listen: std::net::SocketAddr) {
+    eprintln!("agregat: DEMO tokens of the synthetic sample (never use these in production):");
+    for (id, token) in tokens {
+        eprintln!("  {id}: {token}");
+    }
+    if let Some(token) = tokens.get("disdikbud-pontianak") {
+        println!(
+            "\nEducation office (Dinas Pendidikan dan Kebudayaan), school-age children per kelurahan:\n\n  curl -s -X POST http://{listen}/v1/queries/usia_sekolah \\\n    -H 'Authorization: Bearer {token}' \\\n    -H 'Content-Type: application/json' -d '{{\"tahun_ajaran\": 2026}}'\n\nAd-hoc SQL (add ?format=csv or ?format=parquet to download):\n\n  curl -s -X POST http://{listen}/v1/query \\\n    -H 'Authorization: Bearer {token}' \\\n    -H 'Content-Type: application/json' \\\n    -d '{{\"sql\": \"SELECT kode_kec, jenis_kelamin, COUNT(*) AS jumlah FROM penduduk GROUP BY 1, 2\"}}'\n"
+        );
+    }
 }
 
 fn main() -> ExitCode {

@@ -15,7 +15,7 @@ fn agregat(args: &[&str]) -> (i32, String, String) {
 }
 
 const SNAPSHOT: &str = "data-samples/dkb-2026-s1";
-const AGREEMENT: &str = "data-samples/agreements/contoh-lokal.toml";
+const AGREEMENT: &str = "data-samples/contoh-lokal.toml";
 
 #[test]
 fn query_json_carries_protection_and_rejections_exit_with_the_code() {

@@ -33,6 +33,8 @@ fn entry(i: u64) -> AuditEntry {
         duration_ms: 5 + i,
         result_hash: Some(format!("{i:064x}")),
         client_addr: Some("10.0.0.1".into()),
+        request_id: Some("r-1".into()),
+        elements: vec!["jenis_kelamin".into(), "kode_kel".into()],
     }
 }
 

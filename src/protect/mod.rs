@@ -307,6 +307,83 @@ fn sparse(counts: &[i64], rule: &SparsityRule) -> Option<(f64, f64)> {
         .then_some((ones, ones + twos))
 }
 
+/// What a DP release of a validated plan would charge and how precise it
+/// would be, computed without touching data (the dry-run cost endpoint and
+/// the ledger reservation). Identical to what [`protect`] charges.
+#[derive(Debug, Clone, Serialize)]
+pub struct DpCost {
+    /// The total charge: the sum of OpenDP's privacy maps.
+    pub charge: DpCharge,
+    /// Per aggregate output column, in order: noise scale and 95% margin.
+    pub columns: Vec<DpColumn>,
+}
+
+/// The cost of releasing `aggregates` over `grouping_sets` under `budget`:
+/// the same even split over aggregates (AVG counts twice) as [`protect`].
+pub fn dp_cost(
+    budget: DpBudget,
+    aggregates: &[AggregateKind],
+    grouping_sets: usize,
+) -> Result<DpCost, dp::DpError> {
+    let parts: usize = aggregates
+        .iter()
+        .map(|a| match a {
+            AggregateKind::Avg { .. } => 2,
+            AggregateKind::Grouping => 0,
+            _ => 1,
+        })
+        .sum::<usize>()
+        .max(1);
+    let share = match budget {
+        DpBudget::ZCdp { rho } => DpBudget::ZCdp {
+            rho: rho / parts as f64,
+        },
+        DpBudget::PureDp { epsilon } => DpBudget::PureDp {
+            epsilon: epsilon / parts as f64,
+        },
+    };
+    let mut charge = 0.0;
+    let mut columns = Vec::with_capacity(aggregates.len());
+    for a in aggregates {
+        let (per_set, times) = match *a {
+            AggregateKind::CountRows
+            | AggregateKind::CountColumn
+            | AggregateKind::CountHouseholds => (1.0, 1),
+            AggregateKind::Sum { lo, hi } => (
+                dp::clamp_sensitivity(lo.floor() as i64, hi.ceil() as i64)?,
+                1,
+            ),
+            AggregateKind::Avg { lo, hi } => {
+                // noisy sum (reported margin) + noisy count (charged too)
+                let (_, c, _) = dp::plan_cost(grouping_sets, 1.0, share)?;
+                charge += c.value();
+                (
+                    dp::clamp_sensitivity(lo.floor() as i64, hi.ceil() as i64)?,
+                    1,
+                )
+            }
+            AggregateKind::Grouping => {
+                columns.push(DpColumn {
+                    scale: 0.0,
+                    margin_of_error_95: 0.0,
+                });
+                continue;
+            }
+        };
+        let (scale, c, margin) = dp::plan_cost(grouping_sets, per_set, share)?;
+        charge += c.value() * times as f64;
+        columns.push(DpColumn {
+            scale,
+            margin_of_error_95: margin,
+        });
+    }
+    let charge = match budget {
+        DpBudget::ZCdp { .. } => DpCharge::Rho(charge),
+        DpBudget::PureDp { .. } => DpCharge::Epsilon(charge),
+    };
+    Ok(DpCost { charge, columns })
+}
+
 /// Protects a completed aggregate grid. The result has the grid's group
 /// key and aggregate columns (released values, NULL where withheld) and a
 /// `suppression` column.

@@ -61,6 +61,7 @@ codes! {
     ValuesNotAllowed => "values_not_allowed",
     ElementNotPermitted => "element_not_permitted",
     MinisterPermissionRequired => "minister_permission_required",
+    RegionNotPermitted => "region_not_permitted",
     TooManyDimensions => "too_many_dimensions",
     TooManyCells => "too_many_cells",
     TableTooSparse => "table_too_sparse",
@@ -79,7 +80,7 @@ impl Code {
     pub fn is_forbidden(self) -> bool {
         matches!(
             self,
-            Code::ElementNotPermitted | Code::MinisterPermissionRequired
+            Code::ElementNotPermitted | Code::MinisterPermissionRequired | Code::RegionNotPermitted
         )
     }
 }

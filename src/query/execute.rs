@@ -81,7 +81,12 @@ pub async fn run_query(
         .config()
         .query_timeout
         .min(Duration::from_secs(agreement.limits.timeout_seconds.max(1)));
-    match tokio::time::timeout(timeout, run_inner(engine, agreement, sql)).await {
+    match tokio::time::timeout(timeout, async {
+        let validated = check_query(engine, agreement, sql).await?;
+        run_inner(engine, agreement, validated).await
+    })
+    .await
+    {
         Ok(r) => r,
         Err(_) => Err(QueryError::new(
             Code::QueryTimeout,
@@ -108,12 +113,94 @@ pub async fn check_query(
     Ok(validated)
 }
 
+/// Runs a plan that [`check_query`] validated for this agreement, within
+/// the agreement's timeout. For callers that must act between validation
+/// and execution (the service reserves the privacy budget there).
+pub async fn run_validated(
+    engine: &Engine,
+    agreement: &Agreement,
+    validated: ValidatedPlan,
+) -> Result<QueryResult, RunError> {
+    let timeout = engine
+        .config()
+        .query_timeout
+        .min(Duration::from_secs(agreement.limits.timeout_seconds.max(1)));
+    match tokio::time::timeout(timeout, run_inner(engine, agreement, validated)).await {
+        Ok(r) => r,
+        Err(_) => Err(QueryError::new(
+            Code::QueryTimeout,
+            format!(
+                "the query did not finish within {} s; narrow the region or use fewer dimensions",
+                timeout.as_secs()
+            ),
+        )
+        .into()),
+    }
+}
+
+/// The key of a release in the engine's release cache: the agreement, its
+/// protection (DP budget and threshold, or the ptable's hash, k and the
+/// sparsity rule) and the canonical aggregate plan, scope applied
+/// (whitespace, aliases and ORDER BY do not matter). Under DP a repeat
+/// gets the identical release and charges nothing; under cell-key the
+/// release is deterministic anyway and the cache only saves the work.
+pub fn release_key(agreement: &Agreement, validated: &ValidatedPlan) -> Option<String> {
+    let protection = match &agreement.protection.method {
+        Method::Dp { budget, k } => format!("dp {budget:?} k={k}"),
+        Method::CellKey { ptable, k } => format!(
+            "cell_key {} k={k} {:?}",
+            ptable.sha256(),
+            agreement.protection.sparsity
+        ),
+    };
+    Some(format!(
+        "{}\n{protection}\n{}",
+        agreement.id,
+        validated.aggregate().display_indent()
+    ))
+}
+
+/// Whether this DP question was released before on this engine (snapshot)
+/// for this agreement, so that answering it again charges nothing.
+/// Always false under cell-key, which has no budget.
+pub fn is_release_cached(
+    engine: &Engine,
+    agreement: &Agreement,
+    validated: &ValidatedPlan,
+) -> bool {
+    matches!(agreement.protection.method, Method::Dp { .. })
+        && release_key(agreement, validated).is_some_and(|k| engine.cached_release(&k).is_some())
+}
+
+/// SHA-256 of the canonical aggregate plan (scope applied): equal for the
+/// same question however it is written. For the audit log.
+pub fn plan_fingerprint(validated: &ValidatedPlan) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(
+        validated
+            .aggregate()
+            .display_indent()
+            .to_string()
+            .as_bytes(),
+    ))
+}
+
+/// Cells of the complete result grid of a validated plan. The grid is
+/// built from public value domains only, so this reads no personal data
+/// (the dry-run cost endpoint uses it).
+pub async fn grid_cells(
+    engine: &Engine,
+    agreement: &Agreement,
+    validated: &ValidatedPlan,
+) -> Result<usize, RunError> {
+    Ok(grid(engine, validated, agreement).await?.num_rows())
+}
+
 async fn run_inner(
     engine: &Engine,
     agreement: &Agreement,
-    sql: &str,
+    validated: ValidatedPlan,
 ) -> Result<QueryResult, RunError> {
-    let validated = check_query(engine, agreement, sql).await?;
     let grid = grid(engine, &validated, agreement).await?;
     if grid.num_rows() > agreement.limits.max_cells {
         return Err(QueryError::new(
@@ -129,14 +216,7 @@ async fn run_inner(
     // DP: the same canonical question (aggregate plan: whitespace, aliases
     // and ORDER BY do not matter) on this snapshot for this agreement and
     // budget returns the identical release and charges nothing.
-    let release_key = match &agreement.protection.method {
-        Method::Dp { budget, k } => Some(format!(
-            "{}\n{budget:?}\n{k}\n{}",
-            agreement.id,
-            validated.aggregate().display_indent()
-        )),
-        Method::CellKey { .. } => None,
-    };
+    let release_key = release_key(agreement, &validated);
     if let Some(hit) = release_key
         .as_deref()
         .and_then(|k| engine.cached_release(k))

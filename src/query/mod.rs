@@ -16,5 +16,8 @@ pub mod validate;
 
 pub use engine::{Engine, EngineConfig};
 pub use error::{Code, QueryError, RunError};
-pub use execute::{QueryResult, check_query, run_query};
+pub use execute::{
+    QueryResult, check_query, grid_cells, is_release_cached, plan_fingerprint, release_key,
+    run_query, run_validated,
+};
 pub use validate::ValidatedPlan;

@@ -141,6 +141,11 @@ pub struct ValidatedPlan {
 }
 
 impl ValidatedPlan {
+    /// The whole plan, scope applied.
+    pub fn plan(&self) -> &LogicalPlan {
+        &self.plan
+    }
+
     /// The aggregate node, scope applied (what is executed before
     /// protection).
     pub(crate) fn aggregate(&self) -> &LogicalPlan {
@@ -1107,7 +1112,10 @@ pub fn validate(
         }
     }
 
-    // 7. The region scope, right above the penduduk scan.
+    // 7. The region scope, right above the penduduk scan. A region code
+    // the query names explicitly outside the scope is refused outright
+    // (the scope predicate alone would answer it with zeros).
+    region_literals_in_scope(plan, &agreement.scope, &agreement.id)?;
     let scoped = apply_scope(plan, &agreement.scope)?;
     let v = ValidatedPlan {
         plan: scoped,
@@ -1119,6 +1127,64 @@ pub fn validate(
         date_functions: w.date_functions.clone(),
     };
     Ok((v, w.unique_checks))
+}
+
+/// Region codes written as literals in the query (`kode_kab = '61.72'`,
+/// `kode_kec IN (...)`, `w.kode LIKE '61.72%'`) must lie within the scope.
+/// Any string literal shaped like a Kemendagri code anywhere in a filter
+/// counts, whichever column it is compared with: refusing a harmless
+/// query is better than answering a question about another region.
+fn region_literals_in_scope(
+    plan: &LogicalPlan,
+    scope: &RegionScope,
+    agreement: &str,
+) -> Result<(), QueryError> {
+    let RegionScope::Prefixes(_) = scope else {
+        return Ok(());
+    };
+    let mut found: Option<String> = None;
+    let mut visit = |e: &Expr| {
+        if let Expr::Literal(
+            ScalarValue::Utf8(Some(v))
+            | ScalarValue::LargeUtf8(Some(v))
+            | ScalarValue::Utf8View(Some(v)),
+            _,
+        ) = e
+        {
+            let code = v.trim_end_matches('%');
+            if RegionLevel::of_code(code).is_some()
+                && catalog::regions().get(code).is_some()
+                && !scope.touches(code)
+                && found.is_none()
+            {
+                found = Some(v.clone());
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    };
+    plan.apply(|node| {
+        let exprs: Vec<&Expr> = match node {
+            LogicalPlan::Filter(f) => vec![&f.predicate],
+            LogicalPlan::Join(j) => j.filter.iter().collect(),
+            LogicalPlan::Aggregate(a) => a.aggr_expr.iter().collect(),
+            _ => vec![],
+        };
+        for e in exprs {
+            e.apply(&mut visit)?;
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .map_err(|e| QueryError::new(Code::PlanError, e.to_string()))?;
+    match found {
+        None => Ok(()),
+        Some(code) => reject(
+            Code::RegionNotPermitted,
+            format!(
+                "region '{code}' is outside the scope of agreement '{agreement}' ({}); ask only about regions within it",
+                scope.describe()
+            ),
+        ),
+    }
 }
 
 /// The scope predicate for a `penduduk` scan qualified as `qualifier`.

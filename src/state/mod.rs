@@ -200,6 +200,11 @@ pub struct AuditEntry {
     pub result_hash: Option<String>,
     /// Client address as the service saw it.
     pub client_addr: Option<String>,
+    /// The service's id for the request; budget ledger rows carry the same
+    /// id, so every charged release can be matched to its entry.
+    pub request_id: Option<String>,
+    /// Catalog elements the query touched (validated plans only), sorted.
+    pub elements: Vec<String>,
 }
 
 /// A stored audit entry.
@@ -422,6 +427,8 @@ pub fn chain_hash(seq: u64, prev_hash: &str, e: &AuditEntry) -> String {
         duration_ms: u64,
         result_hash: Option<&'a str>,
         client_addr: Option<&'a str>,
+        request_id: Option<&'a str>,
+        elements: &'a [String],
     }
     let canonical = Canonical {
         format: CANONICAL_FORMAT,
@@ -443,6 +450,8 @@ pub fn chain_hash(seq: u64, prev_hash: &str, e: &AuditEntry) -> String {
         duration_ms: e.duration_ms,
         result_hash: e.result_hash.as_deref(),
         client_addr: e.client_addr.as_deref(),
+        request_id: e.request_id.as_deref(),
+        elements: &e.elements,
     };
     // Strings, integers and finite floats always serialise.
     let bytes = serde_json::to_vec(&canonical).expect("canonical audit record serialises");

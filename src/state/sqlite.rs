@@ -34,6 +34,8 @@ CREATE TABLE audit_log (
     duration_ms      INTEGER NOT NULL,
     result_hash      TEXT,
     client_addr      TEXT,
+    request_id       TEXT,
+    elements         TEXT    NOT NULL,
     prev_hash        TEXT    NOT NULL,
     hash             TEXT    NOT NULL
 );
@@ -60,7 +62,7 @@ CREATE TABLE budget_ledger (
 
 const AUDIT_COLUMNS: &str = "seq, time, time_ms, agreement, token_id, endpoint, sql, \
     plan_fingerprint, snapshot, outcome, code, cells, suppressed_cells, privacy_loss, \
-    bytes_out, duration_ms, result_hash, client_addr, prev_hash, hash";
+    bytes_out, duration_ms, result_hash, client_addr, request_id, elements, prev_hash, hash";
 
 const LEDGER_COLUMNS: &str =
     "id, agreement, period, request_id, amount, state, reserved_at, committed_at";
@@ -177,6 +179,7 @@ struct RawAudit {
     time_ms: i64,
     outcome: String,
     counts: [i64; 4],
+    elements: String,
     record: AuditRecord,
 }
 
@@ -186,10 +189,11 @@ fn read_audit_row(r: &Row<'_>) -> rusqlite::Result<RawAudit> {
         time_ms: r.get(2)?,
         outcome: r.get(9)?,
         counts: [r.get(11)?, r.get(12)?, r.get(14)?, r.get(15)?],
+        elements: r.get(19)?,
         record: AuditRecord {
             seq: 0,
-            prev_hash: r.get(18)?,
-            hash: r.get(19)?,
+            prev_hash: r.get(20)?,
+            hash: r.get(21)?,
             entry: AuditEntry {
                 time: r.get(1)?,
                 agreement: r.get(3)?,
@@ -207,6 +211,8 @@ fn read_audit_row(r: &Row<'_>) -> rusqlite::Result<RawAudit> {
                 duration_ms: 0,
                 result_hash: r.get(16)?,
                 client_addr: r.get(17)?,
+                request_id: r.get(18)?,
+                elements: Vec::new(),
             },
         },
     })
@@ -225,6 +231,12 @@ impl RawAudit {
             counts[i] = u64::try_from(*v).map_err(|_| format!("{} {v} is negative", names[i]))?;
         }
         let e = &mut rec.entry;
+        e.elements = serde_json::from_str(&self.elements).map_err(|err| {
+            format!(
+                "elements {:?} is not a JSON list of names: {err}",
+                self.elements
+            )
+        })?;
         [e.cells, e.suppressed_cells, e.bytes_out, e.duration_ms] = counts;
         match rfc3339_millis(&e.time) {
             Ok((ms, _)) if ms == self.time_ms => {}
@@ -316,7 +328,7 @@ impl StateStore for SqliteStore {
         tx.execute(
             &format!(
                 "INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
             ),
             params![
                 to_i64(seq),
@@ -337,6 +349,8 @@ impl StateStore for SqliteStore {
                 to_i64(e.duration_ms),
                 e.result_hash,
                 e.client_addr,
+                e.request_id,
+                serde_json::to_string(&e.elements).unwrap_or_else(|_| "[]".into()),
                 prev_hash,
                 hash,
             ],

@@ -3,6 +3,8 @@
 //! and the grid can be checked against independently computed counts.
 #![allow(dead_code)] // each test crate uses only some of these
 
+pub mod server;
+
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 

@@ -1,0 +1,1160 @@
+//! The `/v1` endpoints and the operational ones (`/healthz`, `/readyz`,
+//! `/metrics`, `/openapi.json`).
+//!
+//! Routes and the OpenAPI document are generated from one table (the
+//! `api!` invocation below), and each handler carries its own
+//! `#[utoipa::path]` annotation, so the published spec cannot drift from
+//! what is served (a test compares them).
+//!
+//! Every `/v1` handler has the same shape: open an audit [`Draft`], run the
+//! request in an inner function returning `Result<Response, ApiError>`,
+//! and end in [`audit::finish`], which writes the audit entry before the
+//! response is returned.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Extension, Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::{OpenApi, ToSchema};
+
+use super::audit::{self, Draft};
+use super::auth::{Caller, Credentials, admit};
+use super::problem::{ApiError, Problem};
+use super::{AppState, ClientAddr};
+use crate::catalog::{self, ColumnClass, Domain, RegionScope};
+use crate::output::{self, Format};
+use crate::policy::Stage;
+use crate::protect::dp::DpBudget;
+use crate::protect::{Method, ProtectedTable, dp_cost};
+use crate::query::validate::AggregateKind;
+use crate::query::{
+    Engine, ValidatedPlan, check_query, grid_cells, is_release_cached, plan_fingerprint,
+    run_validated,
+};
+use crate::state::{Reservation, period_of};
+
+/// Media type of Parquet downloads.
+pub const PARQUET: &str = "application/vnd.apache.parquet";
+
+type Shared = Arc<AppState>;
+
+macro_rules! api {
+    ($($method:ident $path:literal => $handler:ident),* $(,)?) => {
+        /// Every served route, as (method, path template).
+        pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
+
+        fn api_router() -> Router<Shared> {
+            Router::new()$(.route($path, $method($handler)))*
+        }
+
+        /// The OpenAPI document, from the handlers' annotations.
+        #[derive(OpenApi)]
+        #[openapi(
+            info(
+                title = "agregat",
+                description = "Aggregate-only statistics over the population register (UU 24/2013 Pasal 58 ayat 3). Every answer is an aggregate protected by cell-key perturbation with suppression, or by differential privacy; every request is audited."
+            ),
+            paths($($handler),*),
+            components(schemas(
+                Problem, QueryRequest, CostResponse, BudgetResponse, SnapshotInfo,
+                SavedQueryInfo, CatalogResponse, ElementInfo, RegionInfo, ReleaseJson
+            )),
+            modifiers(&BearerAuth),
+            tags(
+                (name = "query", description = "Ad-hoc aggregate SQL"),
+                (name = "saved", description = "Saved, parameterised queries"),
+                (name = "info", description = "What the caller may see"),
+                (name = "ops", description = "Health, readiness, metrics, this document")
+            )
+        )]
+        pub struct ApiDoc;
+    };
+}
+
+api! {
+    post "/v1/query" => query,
+    post "/v1/query/cost" => query_cost,
+    get "/v1/queries" => list_queries,
+    post "/v1/queries/{name}" => run_saved,
+    get "/v1/catalog" => get_catalog,
+    get "/v1/snapshots" => list_snapshots,
+    get "/v1/budget" => get_budget,
+    get "/healthz" => healthz,
+    get "/readyz" => readyz,
+    get "/metrics" => metrics,
+    get "/openapi.json" => openapi,
+}
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The token issued for the agreement (`agregat agreement token`).",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The whole router: API routes, JSON 404/405, credential stripping.
+pub fn routes(state: Shared) -> Router {
+    api_router()
+        .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(super::auth::strip_credentials))
+        .with_state(state)
+}
+
+// ---------------------------------------------------------------- bodies
+
+/// `POST /v1/query` and `/v1/query/cost`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    /// One aggregate SQL statement over `penduduk`.
+    pub sql: String,
+    /// Snapshot id; default: the newest snapshot the agreement may query.
+    #[serde(default)]
+    pub snapshot: Option<String>,
+}
+
+/// A JSON release (the `format=json` body).
+#[derive(Serialize, ToSchema)]
+pub struct ReleaseJson {
+    pub columns: Vec<String>,
+    /// One array per row; withheld cells are null.
+    #[schema(value_type = Vec<Vec<Object>>)]
+    pub rows: Vec<Vec<Value>>,
+    /// How the release was protected (method, k, ptable or DP margins,
+    /// suppressed cells, snapshot).
+    #[schema(value_type = Object)]
+    pub protection: Value,
+}
+
+/// The dry run's answer.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct CostResponse {
+    pub snapshot: String,
+    /// Cells of the complete result grid.
+    pub cells: usize,
+    pub max_cells: usize,
+    pub dimensions: usize,
+    /// `cell_key` or `dp`.
+    pub method: String,
+    /// Cells with a true (cell-key) or noisy (dp) count below k are withheld.
+    pub k: u64,
+    /// Catalog elements the query uses.
+    pub elements: Vec<String>,
+    pub plan_fingerprint: String,
+    /// Cell-key: the largest perturbation of one cell.
+    pub max_perturbation: Option<u32>,
+    /// DP: `rho` or `epsilon`.
+    pub measure: Option<String>,
+    /// DP: what this query would charge now (0 when it repeats an earlier
+    /// release, which is returned again at no cost).
+    pub charge: Option<f64>,
+    /// DP: 95% margin of error per aggregate column.
+    #[schema(value_type = Option<Object>)]
+    pub margin_of_error_95: Option<Map<String, Value>>,
+    pub would_reuse: bool,
+    /// DP: the budget this period before the query.
+    pub budget: Option<BudgetResponse>,
+}
+
+/// Privacy budget of the caller's agreement in the current period.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct BudgetResponse {
+    pub agreement: String,
+    pub method: String,
+    /// `YEAR-S1` (Jan–Jun) or `YEAR-S2` (Jul–Dec).
+    pub period: String,
+    pub measure: Option<String>,
+    pub allowance: Option<f64>,
+    /// Committed plus pending charges.
+    pub spent: Option<f64>,
+    pub remaining: Option<f64>,
+    pub per_query: Option<f64>,
+    /// Fresh queries at the per-query charge that still fit.
+    pub queries_left: Option<u64>,
+    pub note: String,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct SnapshotInfo {
+    pub id: String,
+    pub tanggal_data: String,
+    pub synthetic: bool,
+    pub coverage: Vec<String>,
+    /// Used when a request names no snapshot.
+    pub default: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SavedQueryInfo {
+    pub name: String,
+    pub title: String,
+    pub description: String,
+    pub elements: Vec<String>,
+    /// Typed parameters with defaults and accepted values.
+    #[schema(value_type = Vec<Object>)]
+    pub params: Value,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ElementInfo {
+    pub name: String,
+    /// Letter of Pasal 58 ayat (2).
+    pub element: String,
+    pub class: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// Public values (code list labels), where the domain is a code list.
+    pub values: Option<Vec<String>>,
+    /// `provinsi` … `desa_kelurahan` for region codes.
+    pub region_level: Option<String>,
+    pub minister_permission: bool,
+    /// How the element may be used in SQL.
+    pub usage: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RegionInfo {
+    pub kode: String,
+    pub nama: String,
+    pub level: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CatalogResponse {
+    pub agreement: String,
+    pub institution: String,
+    pub stage: String,
+    pub region_scope: Vec<String>,
+    pub elements: Vec<ElementInfo>,
+    pub regions: Vec<RegionInfo>,
+    /// Public reference tables a query may join.
+    pub reference_tables: Vec<String>,
+    pub functions: Vec<String>,
+}
+
+// ------------------------------------------------------------- plumbing
+
+/// Reads at most `limit` bytes of body.
+async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut too_large = false;
+        let mut cur: Option<&dyn std::error::Error> = Some(&e);
+        while let Some(err) = cur {
+            too_large |= err.to_string().contains("length limit");
+            cur = err.source();
+        }
+        if too_large {
+            ApiError::PayloadTooLarge {
+                size: limit + 1,
+                limit,
+            }
+        } else {
+            ApiError::bad_request("bad_body", format!("cannot read the request body: {e}"))
+        }
+    })
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], example: &str) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "bad_json",
+            format!("the request body is empty; send JSON such as {example}"),
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::bad_request(
+            "bad_json",
+            format!("the request body is not valid: {e}; send JSON such as {example}"),
+        )
+    })
+}
+
+/// The output format from `?format=` or the `Accept` header.
+fn negotiate(query: Option<&str>, headers: &HeaderMap) -> Result<Format, ApiError> {
+    if let Some(q) = query {
+        for pair in q.split('&') {
+            if let Some(v) = pair.strip_prefix("format=") {
+                return match v {
+                    "json" => Ok(Format::Json),
+                    "csv" => Ok(Format::Csv),
+                    "parquet" => Ok(Format::Parquet),
+                    other => Err(ApiError::bad_request(
+                        "unsupported_format",
+                        format!("format '{other}' is not offered; use format=json, csv or parquet"),
+                    )),
+                };
+            }
+        }
+    }
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return Ok(Format::Json);
+    };
+    for part in accept.split(',') {
+        let mime = part
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match mime.as_str() {
+            "application/json" | "application/*" | "*/*" | "" => return Ok(Format::Json),
+            "text/csv" | "text/*" => return Ok(Format::Csv),
+            PARQUET | "application/x-parquet" | "application/octet-stream" => {
+                return Ok(Format::Parquet);
+            }
+            _ => {}
+        }
+    }
+    Err(ApiError::NotAcceptable {
+        accept: accept.chars().take(200).collect(),
+    })
+}
+
+fn json_response<T: Serialize>(value: &T) -> Result<Response, ApiError> {
+    let body =
+        serde_json::to_vec_pretty(value).map_err(|e| ApiError::internal("encoding JSON", e))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Snapshots the caller's stage may query, newest first.
+fn visible_snapshots<'a>(state: &'a AppState, caller: &Caller) -> Vec<&'a Arc<Engine>> {
+    let mut v: Vec<&Arc<Engine>> = state
+        .snapshots()
+        .values()
+        .filter(|e| stage_allows(caller.pks.stage, e.snapshot().manifest.synthetic))
+        .filter(|e| overlaps(&caller.pks.agreement.scope, &e.snapshot().coverage()))
+        .collect();
+    v.sort_by(|a, b| {
+        let (ma, mb) = (&a.snapshot().manifest, &b.snapshot().manifest);
+        mb.tanggal_data
+            .cmp(&ma.tanggal_data)
+            .then(mb.id.cmp(&ma.id))
+    });
+    v
+}
+
+fn stage_allows(stage: Stage, synthetic: bool) -> bool {
+    match stage {
+        Stage::Trial => synthetic,
+        Stage::Production => !synthetic,
+    }
+}
+
+fn overlaps(a: &RegionScope, b: &RegionScope) -> bool {
+    match (a, b) {
+        (RegionScope::All, _) | (_, RegionScope::All) => true,
+        (RegionScope::Prefixes(pa), RegionScope::Prefixes(pb)) => pa
+            .iter()
+            .any(|p| b.touches(p) || pb.iter().any(|q| a.touches(q))),
+    }
+}
+
+fn choose_snapshot(
+    state: &AppState,
+    caller: &Caller,
+    requested: Option<&str>,
+) -> Result<Arc<Engine>, ApiError> {
+    let visible = visible_snapshots(state, caller);
+    let stage = caller.pks.stage;
+    match requested {
+        None => visible.first().map(|e| Arc::clone(e)).ok_or_else(|| ApiError::NoSnapshot {
+            agreement: caller.pks.id().to_string(),
+            stage: stage.to_string(),
+            hint: match stage {
+                Stage::Trial => "trial agreements query synthetic snapshots only, and none covers the agreement's region",
+                Stage::Production => "production agreements query production snapshots only, and none covers the agreement's region; the synthetic sample is for trial agreements",
+            },
+        }),
+        Some(id) => {
+            let Some(engine) = state.snapshots().get(id) else {
+                let names: Vec<&str> = visible.iter().map(|e| e.snapshot().id()).collect();
+                return Err(ApiError::SnapshotNotFound {
+                    id: id.chars().take(100).collect(),
+                    available: if names.is_empty() { "none".into() } else { names.join(", ") },
+                });
+            };
+            let synthetic = engine.snapshot().manifest.synthetic;
+            if !stage_allows(stage, synthetic) {
+                return Err(ApiError::StageNotAllowed {
+                    agreement: caller.pks.id().to_string(),
+                    stage: stage.to_string(),
+                    snapshot: id.to_string(),
+                    kind: if synthetic { "synthetic" } else { "production data" },
+                    hint: match stage {
+                        Stage::Trial => "trial agreements may query synthetic snapshots only",
+                        Stage::Production => "production agreements may query production snapshots only",
+                    },
+                });
+            }
+            if !overlaps(&caller.pks.agreement.scope, &engine.snapshot().coverage()) {
+                return Err(ApiError::Query(crate::query::QueryError::new(
+                    crate::query::Code::RegionNotPermitted,
+                    format!(
+                        "snapshot '{id}' covers {}, outside the scope of agreement '{}' ({})",
+                        engine.snapshot().coverage().describe(),
+                        caller.pks.id(),
+                        caller.pks.agreement.scope.describe()
+                    ),
+                )));
+            }
+            Ok(Arc::clone(engine))
+        }
+    }
+}
+
+fn measure_name(b: DpBudget) -> &'static str {
+    b.parameter()
+}
+
+/// Validates the SQL for the caller on the engine; fills the draft.
+async fn validate(
+    engine: &Engine,
+    caller: &Caller,
+    sql: &str,
+    draft: &mut Draft,
+) -> Result<ValidatedPlan, ApiError> {
+    draft.snapshot = Some(engine.snapshot().id().to_string());
+    let validated = check_query(engine, &caller.pks.agreement, sql).await?;
+    draft.plan_fingerprint = Some(plan_fingerprint(&validated));
+    draft.elements = validated.elements.iter().map(|e| e.to_string()).collect();
+    Ok(validated)
+}
+
+/// Plans, validates, charges and runs one query; the released table.
+async fn release(
+    state: &Shared,
+    caller: &Caller,
+    engine: &Engine,
+    sql: &str,
+    draft: &mut Draft,
+) -> Result<ProtectedTable, ApiError> {
+    let _slot = state
+        .query_slots
+        .acquire()
+        .await
+        .map_err(|_| ApiError::Unavailable)?;
+    let agreement = &caller.pks.agreement;
+    let validated = validate(engine, caller, sql, draft).await?;
+    let reservation = match &agreement.protection.method {
+        Method::Dp { budget, .. } if !is_release_cached(engine, agreement, &validated) => {
+            let cost = dp_cost(*budget, &validated.aggregates, validated.grouping_sets)
+                .map_err(|e| ApiError::internal("privacy cost", e))?;
+            let store = Arc::clone(&state.store);
+            let (id, period) = (caller.pks.id().to_string(), period_of(state.clock.today()));
+            let allowance = caller.pks.budget_per_period.unwrap_or(0.0);
+            let request_id = draft.request_id.clone();
+            let amount = cost.charge.value();
+            let r = tokio::task::spawn_blocking(move || {
+                store.reserve(&id, &period, amount, allowance, &request_id)
+            })
+            .await
+            .map_err(|e| ApiError::internal("budget ledger", e))??;
+            Some(r)
+        }
+        _ => None,
+    };
+    let result = run_validated(engine, agreement, validated).await;
+    match (result, reservation) {
+        (Ok(r), None) => {
+            record(draft, &r.table, r.cells);
+            Ok(r.table)
+        }
+        (Ok(r), Some(res)) => {
+            let charged = r.table.charge_now().map_or(0.0, |c| c.value());
+            if charged == 0.0 {
+                // An identical release was cached meanwhile: nothing new
+                // leaves, so nothing is charged.
+                settle(state, res, false).await?;
+            } else {
+                // Commit before anything leaves: if this fails, nothing is
+                // released and the reservation stays charged.
+                settle(state, res, true).await?;
+            }
+            record(draft, &r.table, r.cells);
+            Ok(r.table)
+        }
+        (Err(e), res) => {
+            if let Some(res) = res {
+                settle(state, res, false).await?;
+            }
+            Err(e.into())
+        }
+    }
+}
+
+async fn settle(state: &Shared, r: Reservation, commit: bool) -> Result<(), ApiError> {
+    let store = Arc::clone(&state.store);
+    tokio::task::spawn_blocking(move || {
+        if commit {
+            store.commit(&r)
+        } else {
+            store.release(&r)
+        }
+    })
+    .await
+    .map_err(|e| ApiError::internal("budget ledger", e))??;
+    Ok(())
+}
+
+fn record(draft: &mut Draft, table: &ProtectedTable, cells: usize) {
+    let m = table.metadata();
+    draft.cells = cells as u64;
+    draft.suppressed_cells = (m.primary_suppressed + m.secondary_suppressed) as u64;
+    draft.privacy_loss = table.charge_now().map(|c| c.value());
+}
+
+/// Encodes a release in the negotiated format.
+fn encode_release(
+    table: &ProtectedTable,
+    format: Format,
+    draft: &mut Draft,
+) -> Result<Response, ApiError> {
+    let bytes = output::encode(table, format).map_err(|e| ApiError::internal("encoding", e))?;
+    draft.released(&bytes);
+    let (ctype, ext) = match format {
+        Format::Csv => ("text/csv; charset=utf-8", "csv"),
+        Format::Parquet => (PARQUET, "parquet"),
+        Format::Json | Format::Table => ("application/json", "json"),
+    };
+    let mut resp = ([(header::CONTENT_TYPE, ctype)], bytes).into_response();
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"agregat-{}.{ext}\"",
+        draft.request_id
+    )) && format != Format::Json
+    {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    if let Ok(meta) = serde_json::to_string(table.metadata())
+        && let Ok(v) = HeaderValue::from_str(&meta)
+    {
+        h.insert("x-agregat-protection", v);
+    }
+    Ok(resp)
+}
+
+fn client(addr: &ClientAddr) -> Option<String> {
+    addr.0.clone()
+}
+
+// -------------------------------------------------------------- handlers
+
+/// Run an aggregate SQL query and download the protected result.
+#[utoipa::path(
+    post, path = "/v1/query", tag = "query",
+    request_body = QueryRequest,
+    params(("format" = Option<String>, Query, description = "json | csv | parquet; otherwise the Accept header decides (application/json, text/csv, application/vnd.apache.parquet)")),
+    responses(
+        (status = 200, description = "The protected table", content(
+            (ReleaseJson = "application/json"),
+            (String = "text/csv"),
+            (Vec<u8> = "application/vnd.apache.parquet"))),
+        (status = 400, description = "Malformed body, SQL that does not parse, unknown column", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Element, Minister's permission, region, stage or validity not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown snapshot", body = Problem, content_type = "application/problem+json"),
+        (status = 406, description = "Accept header names no offered format", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Privacy budget exhausted for this period", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body, SQL or result grid too large", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Rejected by the aggregate-only gate", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limit of the agreement reached", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn query(
+    State(state): State<Shared>,
+    Extension(creds): Extension<Credentials>,
+    Extension(addr): Extension<ClientAddr>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut draft = Draft::begin(&state, "/v1/query", "/v1/query", client(&addr));
+    let result = async {
+        let caller = admit(&state, &creds, &mut draft)?;
+        let format = negotiate(raw.as_deref(), &headers)?;
+        let bytes = read_body(body, state.config.limits.max_body_bytes).await?;
+        let req: QueryRequest = parse_json(
+            &bytes,
+            r#"{"sql": "SELECT kode_kec, COUNT(*) FROM penduduk GROUP BY 1"}"#,
+        )?;
+        draft.sql = Some(req.sql.clone());
+        let engine = choose_snapshot(&state, &caller, req.snapshot.as_deref())?;
+        let table = release(&state, &caller, &engine, &req.sql, &mut draft).await?;
+        encode_release(&table, format, &mut draft)
+    }
+    .await;
+    audit::finish(&state, draft, result).await
+}
+
+/// Dry run: validate a query and report its cells, method, charge and
+/// margin of error, without running it and without charging.
+#[utoipa::path(
+    post, path = "/v1/query/cost", tag = "query",
+    request_body = QueryRequest,
+    responses(
+        (status = 200, description = "What the query would cost", body = CostResponse),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed by the agreement", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Too large", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Rejected by the gate", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn query_cost(
+    State(state): State<Shared>,
+    Extension(creds): Extension<Credentials>,
+    Extension(addr): Extension<ClientAddr>,
+    body: Body,
+) -> Response {
+    let mut draft = Draft::begin(&state, "/v1/query/cost", "/v1/query/cost", client(&addr));
+    let result = async {
+        let caller = admit(&state, &creds, &mut draft)?;
+        let bytes = read_body(body, state.config.limits.max_body_bytes).await?;
+        let req: QueryRequest = parse_json(&bytes, r#"{"sql": "SELECT kode_kec, COUNT(*) FROM penduduk GROUP BY 1"}"#)?;
+        draft.sql = Some(req.sql.clone());
+        let engine = choose_snapshot(&state, &caller, req.snapshot.as_deref())?;
+        let agreement = &caller.pks.agreement;
+        let validated = validate(&engine, &caller, &req.sql, &mut draft).await?;
+        let cells = grid_cells(&engine, agreement, &validated).await?;
+        draft.cells = cells as u64;
+        if cells > agreement.limits.max_cells {
+            return Err(ApiError::Query(crate::query::QueryError::new(
+                crate::query::Code::TooManyCells,
+                format!(
+                    "the result grid has {cells} cells; this agreement allows at most {}; use coarser dimensions",
+                    agreement.limits.max_cells
+                ),
+            )));
+        }
+        let names = aggregate_names(&validated);
+        let mut resp = CostResponse {
+            snapshot: engine.snapshot().id().to_string(),
+            cells,
+            max_cells: agreement.limits.max_cells,
+            dimensions: validated.group_keys.len(),
+            method: String::new(),
+            k: 0,
+            elements: draft.elements.clone(),
+            plan_fingerprint: draft.plan_fingerprint.clone().unwrap_or_default(),
+            max_perturbation: None,
+            measure: None,
+            charge: None,
+            margin_of_error_95: None,
+            would_reuse: false,
+            budget: None,
+        };
+        match &agreement.protection.method {
+            Method::CellKey { ptable, k } => {
+                if validated
+                    .aggregates
+                    .iter()
+                    .any(|a| matches!(a, AggregateKind::Sum { .. } | AggregateKind::Avg { .. }))
+                {
+                    return Err(ApiError::Query(crate::query::QueryError::new(
+                        crate::query::Code::AggregateNotAllowed,
+                        "SUM and AVG are released only under differential privacy; this agreement uses the cell-key method, so count people instead",
+                    )));
+                }
+                resp.method = "cell_key".into();
+                resp.k = *k;
+                resp.max_perturbation = Some(ptable.perturbation_bound());
+            }
+            Method::Dp { budget, k } => {
+                let cost = dp_cost(*budget, &validated.aggregates, validated.grouping_sets)
+                    .map_err(|e| ApiError::internal("privacy cost", e))?;
+                let reuse = is_release_cached(&engine, agreement, &validated);
+                resp.method = "dp".into();
+                resp.k = *k;
+                resp.measure = Some(measure_name(*budget).into());
+                resp.charge = Some(if reuse { 0.0 } else { cost.charge.value() });
+                resp.would_reuse = reuse;
+                resp.margin_of_error_95 = Some(
+                    names
+                        .iter()
+                        .zip(&cost.columns)
+                        .map(|(n, c)| (n.clone(), Value::from(c.margin_of_error_95)))
+                        .collect(),
+                );
+                resp.budget = Some(budget_status(&state, &caller).await?);
+            }
+        }
+        json_response(&resp)
+    }
+    .await;
+    audit::finish(&state, draft, result).await
+}
+
+/// The output names of the aggregate columns: the alias the query gave
+/// each aggregate (`COUNT(*) AS n` is `n`), else the aggregate's own name.
+fn aggregate_names(v: &ValidatedPlan) -> Vec<String> {
+    use datafusion::logical_expr::{Expr, LogicalPlan};
+    let LogicalPlan::Aggregate(a) = v.aggregate() else {
+        return Vec::new();
+    };
+    let mut node = v.plan();
+    let projection = loop {
+        match node {
+            LogicalPlan::Projection(p) => break Some(p),
+            LogicalPlan::Aggregate(_) => break None,
+            other => match other.inputs().first() {
+                Some(i) => node = i,
+                None => break None,
+            },
+        }
+    };
+    let fields = a.schema.fields();
+    let first = fields.len().saturating_sub(a.aggr_expr.len());
+    fields[first..]
+        .iter()
+        .map(|f| {
+            let name = f.name().clone();
+            projection
+                .and_then(|p| {
+                    p.expr.iter().find_map(|x| {
+                        let Expr::Alias(outer) = x else {
+                            return None;
+                        };
+                        // COUNT(*) is `count(Int64(1)) AS count(*) AS n`.
+                        let mut inner = outer.expr.as_ref();
+                        while let Expr::Alias(a) = inner {
+                            inner = a.expr.as_ref();
+                        }
+                        match inner {
+                            Expr::Column(c) if c.name == name => Some(outer.name.clone()),
+                            _ => None,
+                        }
+                    })
+                })
+                .unwrap_or(name)
+        })
+        .collect()
+}
+
+async fn budget_status(state: &Shared, caller: &Caller) -> Result<BudgetResponse, ApiError> {
+    let period = period_of(state.clock.today());
+    let id = caller.pks.id().to_string();
+    match &caller.pks.agreement.protection.method {
+        Method::CellKey { .. } => Ok(BudgetResponse {
+            agreement: id,
+            method: "cell_key".into(),
+            period,
+            measure: None,
+            allowance: None,
+            spent: None,
+            remaining: None,
+            per_query: None,
+            queries_left: None,
+            note: "cell-key perturbation spends no budget: the same cell always gets the same noise, so repeating or re-slicing a question reveals nothing new".into(),
+        }),
+        Method::Dp { budget, .. } => {
+            let store = Arc::clone(&state.store);
+            let (a, p) = (id.clone(), period.clone());
+            let spent = tokio::task::spawn_blocking(move || store.spent(&a, &p))
+                .await
+                .map_err(|e| ApiError::internal("budget ledger", e))??;
+            let allowance = caller.pks.budget_per_period.unwrap_or(0.0);
+            let remaining = (allowance - spent).max(0.0);
+            let per_query = budget.value();
+            Ok(BudgetResponse {
+                agreement: id,
+                method: "dp".into(),
+                period,
+                measure: Some(measure_name(*budget).into()),
+                allowance: Some(allowance),
+                spent: Some(spent),
+                remaining: Some(remaining),
+                per_query: Some(per_query),
+                queries_left: Some(((remaining + crate::state::BUDGET_TOLERANCE) / per_query).floor() as u64),
+                note: "each new question charges the per-query budget; repeating an identical question returns the same release at no charge; the budget renews each six-month period".into(),
+            })
+        }
+    }
+}
+
+/// The saved queries this agreement may run, with their parameters.
+#[utoipa::path(
+    get, path = "/v1/queries", tag = "saved",
+    responses(
+        (status = 200, description = "Saved queries", body = Vec<SavedQueryInfo>),
+        (status = 401, description = "Missing or unknown token", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_queries(
+    State(state): State<Shared>,
+    Extension(creds): Extension<Credentials>,
+    Extension(addr): Extension<ClientAddr>,
+) -> Response {
+    let mut draft = Draft::begin(&state, "/v1/queries", "/v1/queries", client(&addr));
+    let result = (|| {
+        let caller = admit(&state, &creds, &mut draft)?;
+        let list: Vec<SavedQueryInfo> = state
+            .saved
+            .iter()
+            .filter(|q| missing_elements(&caller, &q.elements).is_empty())
+            .map(|q| SavedQueryInfo {
+                name: q.name.clone(),
+                title: q.title.clone(),
+                description: q.description.clone(),
+                elements: q.elements.clone(),
+                params: serde_json::to_value(&q.params).unwrap_or(Value::Null),
+            })
+            .collect();
+        json_response(&list)
+    })();
+    audit::finish(&state, draft, result).await
+}
+
+fn missing_elements(caller: &Caller, elements: &[String]) -> Vec<String> {
+    let a = &caller.pks.agreement;
+    elements
+        .iter()
+        .filter(|e| {
+            !a.permits(e)
+                || catalog::column(e).is_some_and(|c| {
+                    c.needs_minister_permission() && !a.minister_permission.contains(*e)
+                })
+        })
+        .cloned()
+        .collect()
+}
+
+/// Run a saved query with JSON parameters (`{}` for the defaults).
+#[utoipa::path(
+    post, path = "/v1/queries/{name}", tag = "saved",
+    params(
+        ("name" = String, Path, description = "Saved query name, e.g. usia_sekolah"),
+        ("format" = Option<String>, Query, description = "json | csv | parquet"),
+    ),
+    request_body(content = Object, description = "Parameters by name, e.g. {\"tahun_ajaran\": 2026}"),
+    responses(
+        (status = 200, description = "The protected table", content(
+            (ReleaseJson = "application/json"),
+            (String = "text/csv"),
+            (Vec<u8> = "application/vnd.apache.parquet"))),
+        (status = 400, description = "A parameter is wrong; `param` names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The agreement does not permit the query's elements or region", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such saved query", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Privacy budget exhausted", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Rejected by the gate", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn run_saved(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    Extension(creds): Extension<Credentials>,
+    Extension(addr): Extension<ClientAddr>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let shown: String = name.chars().take(64).collect();
+    let mut draft = Draft::begin(
+        &state,
+        "/v1/queries/{name}",
+        format!("/v1/queries/{shown}"),
+        client(&addr),
+    );
+    let result = async {
+        let caller = admit(&state, &creds, &mut draft)?;
+        let format = negotiate(raw.as_deref(), &headers)?;
+        let bytes = read_body(body, state.config.limits.max_body_bytes).await?;
+        let params: Map<String, Value> = if bytes.iter().all(u8::is_ascii_whitespace) {
+            Map::new()
+        } else {
+            parse_json(&bytes, r#"{"tahun_ajaran": 2026}"#)?
+        };
+        let saved = state.saved.require(&name)?;
+        let missing = missing_elements(&caller, &saved.elements);
+        if !missing.is_empty() {
+            return Err(ApiError::SavedQueryNotPermitted {
+                name: saved.name.clone(),
+                missing: missing.join(", "),
+            });
+        }
+        let sql = saved.render(&params)?;
+        draft.sql = Some(sql.clone());
+        let engine = choose_snapshot(&state, &caller, None)?;
+        let table = release(&state, &caller, &engine, &sql, &mut draft).await?;
+        encode_release(&table, format, &mut draft)
+    }
+    .await;
+    audit::finish(&state, draft, result).await
+}
+
+/// The elements, code lists and regions visible to the caller.
+#[utoipa::path(
+    get, path = "/v1/catalog", tag = "info",
+    responses(
+        (status = 200, description = "Catalog", body = CatalogResponse),
+        (status = 401, description = "Missing or unknown token", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_catalog(
+    State(state): State<Shared>,
+    Extension(creds): Extension<Credentials>,
+    Extension(addr): Extension<ClientAddr>,
+) -> Response {
+    let mut draft = Draft::begin(&state, "/v1/catalog", "/v1/catalog", client(&addr));
+    let result = (|| {
+        let caller = admit(&state, &creds, &mut draft)?;
+        let a = &caller.pks.agreement;
+        let elements = catalog::table_columns()
+            .filter(|c| a.permits(c.name))
+            .map(|c| ElementInfo {
+                name: c.name.into(),
+                element: c.element.into(),
+                class: format!("{:?}", c.class),
+                ty: format!("{:?}", c.ty).to_lowercase(),
+                values: match c.domain {
+                    Domain::CodeList { list } => catalog::code_list(list)
+                        .map(|l| l.labels().map(str::to_string).collect()),
+                    _ => None,
+                },
+                region_level: match c.domain {
+                    Domain::Region { level } => Some(level.label().to_string()),
+                    _ => None,
+                },
+                minister_permission: c.needs_minister_permission(),
+                usage: match c.class {
+                    ColumnClass::Identifier | ColumnClass::FreeText => {
+                        "identifier: only COUNT(DISTINCT no_kk) for households; never output, grouped or filtered".into()
+                    }
+                    ColumnClass::DateDimension => {
+                        "date: only through umur(), umur_pada(d, DATE 'YYYY-MM-01'), kelompok_umur() and tahun()".into()
+                    }
+                    ColumnClass::Protected => {
+                        "protected (Pasal 84): group and filter, with the Minister's permission".into()
+                    }
+                    _ => "dimension: group by and filter".into(),
+                },
+            })
+            .collect();
+        let mut seen = BTreeSet::new();
+        let regions = match &a.scope {
+            RegionScope::All => Vec::new(),
+            RegionScope::Prefixes(ps) => ps
+                .iter()
+                .flat_map(|p| {
+                    catalog::regions()
+                        .get(p)
+                        .into_iter()
+                        .chain(catalog::regions().under(p).iter())
+                })
+                .filter(|r| seen.insert(r.kode.clone()))
+                .map(|r| RegionInfo {
+                    kode: r.kode.clone(),
+                    nama: r.nama.clone(),
+                    level: r.level.label().to_string(),
+                })
+                .collect(),
+        };
+        json_response(&CatalogResponse {
+            agreement: caller.pks.id().to_string(),
+            institution: caller.pks.institution.clone(),
+            stage: caller.pks.stage.to_string(),
+            region_scope: match &a.scope {
+                RegionScope::All => vec!["all".into()],
+                RegionScope::Prefixes(p) => p.clone(),
+            },
+            elements,
+            regions,
+            reference_tables: crate::query::engine::REFERENCE_TABLES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            functions: ["umur", "umur_pada", "kelompok_umur", "tahun"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        })
+    })();
+    audit::finish(&state, draft, result).await
+}
+
+/// Snapshots this agreement may query (its stage and region).
+#[utoipa::path(
+    get, path = "/v1/snapshots", tag = "info",
+    responses(
+        (status = 200, description = "Snapshots, newest first", body = Vec<SnapshotInfo>),
+        (status = 401, description = "Missing or unknown token", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_snapshots(
+    State(state): State<Shared>,
+    Extension(creds): Extension<Credentials>,
+    Extension(addr): Extension<ClientAddr>,
+) -> Response {
+    let mut draft = Draft::begin(&state, "/v1/snapshots", "/v1/snapshots", client(&addr));
+    let result = (|| {
+        let caller = admit(&state, &creds, &mut draft)?;
+        let list: Vec<SnapshotInfo> = visible_snapshots(&state, &caller)
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let m = &e.snapshot().manifest;
+                SnapshotInfo {
+                    id: m.id.clone(),
+                    tanggal_data: m.tanggal_data.to_string(),
+                    synthetic: m.synthetic,
+                    coverage: m.coverage.clone(),
+                    default: i == 0,
+                }
+            })
+            .collect();
+        json_response(&list)
+    })();
+    audit::finish(&state, draft, result).await
+}
+
+/// The privacy budget spent and left in the current six-month period.
+#[utoipa::path(
+    get, path = "/v1/budget", tag = "info",
+    responses(
+        (status = 200, description = "Budget", body = BudgetResponse),
+        (status = 401, description = "Missing or unknown token", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_budget(
+    State(state): State<Shared>,
+    Extension(creds): Extension<Credentials>,
+    Extension(addr): Extension<ClientAddr>,
+) -> Response {
+    let mut draft = Draft::begin(&state, "/v1/budget", "/v1/budget", client(&addr));
+    let result = async {
+        let caller = admit(&state, &creds, &mut draft)?;
+        json_response(&budget_status(&state, &caller).await?)
+    }
+    .await;
+    audit::finish(&state, draft, result).await
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "Alive", body = String)))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: snapshots open, policy loaded, state database answering.
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses(
+    (status = 200, description = "Ready", body = String),
+    (status = 503, description = "Not ready", body = Problem, content_type = "application/problem+json"),
+))]
+async fn readyz(State(state): State<Shared>) -> Response {
+    let store = Arc::clone(&state.store);
+    let ok = tokio::task::spawn_blocking(move || store.spent("-", "2000-S1"))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if ok && !state.snapshots().is_empty() && state.policy().agreements().next().is_some() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        ApiError::Unavailable.into_response_for("readyz")
+    }
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain; version=0.0.4")))]
+async fn metrics(State(state): State<Shared>) -> Response {
+    let period = period_of(state.clock.today());
+    let policy = state.policy();
+    let dp: Vec<(String, f64)> = policy
+        .agreements()
+        .filter(|p| matches!(p.agreement.protection.method, Method::Dp { .. }))
+        .map(|p| (p.id().to_string(), p.budget_per_period.unwrap_or(0.0)))
+        .collect();
+    let store = Arc::clone(&state.store);
+    let p2 = period.clone();
+    let budget = tokio::task::spawn_blocking(move || {
+        dp.into_iter()
+            .filter_map(|(id, allowance)| {
+                store
+                    .spent(&id, &p2)
+                    .ok()
+                    .map(|s| (id, p2.clone(), s, allowance))
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(&budget),
+    )
+        .into_response()
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "ops", responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
+async fn openapi() -> Response {
+    match ApiDoc::openapi().to_pretty_json() {
+        Ok(s) => ([(header::CONTENT_TYPE, "application/json")], s).into_response(),
+        Err(e) => ApiError::internal("OpenAPI", e).into_response_for("openapi"),
+    }
+}
+
+async fn fallback(
+    State(state): State<Shared>,
+    Extension(addr): Extension<ClientAddr>,
+    req: Request,
+) -> Response {
+    let path: String = req.uri().path().chars().take(200).collect();
+    let err = ApiError::NotFound { path: path.clone() };
+    if path.starts_with("/v1") {
+        let draft = Draft::begin(&state, "unmatched", path, client(&addr));
+        audit::finish(&state, draft, Err(err)).await
+    } else {
+        state.metrics.observe(
+            "unmatched",
+            404,
+            Some("not_found"),
+            std::time::Duration::ZERO,
+        );
+        err.into_response_for("-")
+    }
+}
+
+async fn method_not_allowed(
+    State(state): State<Shared>,
+    Extension(addr): Extension<ClientAddr>,
+    req: Request,
+) -> Response {
+    let path: String = req.uri().path().chars().take(200).collect();
+    let err = ApiError::MethodNotAllowed {
+        method: req.method().to_string(),
+        path: path.clone(),
+    };
+    if path.starts_with("/v1") {
+        let draft = Draft::begin(&state, "unmatched", path, client(&addr));
+        audit::finish(&state, draft, Err(err)).await
+    } else {
+        err.into_response_for("-")
+    }
+}

@@ -1,0 +1,106 @@
+//! Authentication and admission.
+//!
+//! [`strip_credentials`] runs first on every request: it removes the
+//! `Authorization` header and keeps the bearer token in a request
+//! extension whose `Debug` is redacted, so no later layer, log line or
+//! error can print it. [`admit`] then finds the token's agreement (by
+//! SHA-256, compared in constant time with every known hash, see
+//! [`crate::policy::Policy::authenticate`]), checks the agreement's
+//! validity dates against today's date in WIB, and takes one request from
+//! its rate limit.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::Request;
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::Response;
+
+use super::AppState;
+use super::audit::Draft;
+use super::problem::ApiError;
+use crate::policy::Pks;
+
+/// The bearer credential of a request, taken off its headers.
+#[derive(Clone)]
+pub enum Credentials {
+    None,
+    Malformed,
+    Bearer(Arc<str>),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::None => f.write_str("Credentials::None"),
+            Credentials::Malformed => f.write_str("Credentials::Malformed"),
+            Credentials::Bearer(_) => f.write_str("Credentials::Bearer(<redacted>)"),
+        }
+    }
+}
+
+/// Middleware: moves the `Authorization` header into [`Credentials`] and
+/// records the client address.
+pub async fn strip_credentials(mut req: Request, next: Next) -> Response {
+    let creds = match req.headers_mut().remove(header::AUTHORIZATION) {
+        None => Credentials::None,
+        Some(v) => match v.to_str().ok().and_then(|s| {
+            let (scheme, token) = s.trim().split_once(' ')?;
+            let token = token.trim();
+            (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+        }) {
+            Some(t) => Credentials::Bearer(Arc::from(t)),
+            None => Credentials::Malformed,
+        },
+    };
+    let addr = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    req.extensions_mut().insert(creds);
+    req.extensions_mut().insert(super::ClientAddr(addr));
+    next.run(req).await
+}
+
+/// An authenticated caller.
+pub struct Caller {
+    pub pks: Arc<Pks>,
+    pub token_id: String,
+}
+
+/// Authenticates and admits a request; records the agreement and token id
+/// in the audit draft as soon as they are known.
+pub fn admit(state: &AppState, creds: &Credentials, draft: &mut Draft) -> Result<Caller, ApiError> {
+    let token = match creds {
+        Credentials::None => return Err(ApiError::TokenMissing),
+        Credentials::Malformed => return Err(ApiError::TokenMalformed),
+        Credentials::Bearer(t) => t,
+    };
+    let policy = state.policy();
+    let (pks, token_id) = policy.authenticate(token).ok_or(ApiError::TokenUnknown)?;
+    draft.agreement = pks.id().to_string();
+    draft.token_id = token_id.clone();
+    let today = state.clock.today();
+    if today > pks.valid_until {
+        return Err(ApiError::AgreementExpired {
+            agreement: pks.id().to_string(),
+            valid_until: pks.valid_until.to_string(),
+        });
+    }
+    if today < pks.valid_from {
+        return Err(ApiError::AgreementNotYetValid {
+            agreement: pks.id().to_string(),
+            valid_from: pks.valid_from.to_string(),
+        });
+    }
+    state
+        .limiter
+        .check(pks.id(), pks.requests_per_minute, Instant::now())
+        .map_err(|retry_after| ApiError::RateLimited {
+            agreement: pks.id().to_string(),
+            per_minute: pks.requests_per_minute,
+            retry_after,
+        })?;
+    Ok(Caller { pks, token_id })
+}

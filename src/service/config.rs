@@ -1,0 +1,169 @@
+//! Service configuration: `agregat.toml`, overridden by flags and
+//! environment variables (the command line resolves those), with defaults
+//! that serve the committed sample out of the box.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"
+//! warehouse = "data-samples"              # directory of snapshot directories
+//! policy = "data-samples/agreements"      # PKS agreement files (*.toml)
+//! queries = "queries"                     # saved queries (*.sql)
+//! state = "agregat-state"                 # audit log + budget ledger (SQLite)
+//! record_key_secret = "data-samples/SAMPLE-record-key-NOT-FOR-PRODUCTION.secret"
+//! demo_tokens = "data-samples/DEMO-TOKENS-NOT-FOR-PRODUCTION.toml"   # optional
+//!
+//! [limits]
+//! memory_limit_mb = 2048          # DataFusion memory pool per snapshot
+//! target_partitions = 0           # 0: one per core
+//! query_timeout_seconds = 60      # upper bound; agreements may set less
+//! max_body_bytes = 65536          # request bodies
+//! max_concurrent_queries = 32     # queries executing at once; more wait
+//! reload_poll_seconds = 2         # policy directory change detection
+//! shutdown_grace_seconds = 30     # in-flight requests finish within this
+//! ```
+//!
+//! Relative paths resolve against the directory of the config file (or the
+//! working directory when there is none).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Resource limits of the service as a whole.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceLimits {
+    pub memory_limit_mb: usize,
+    pub target_partitions: usize,
+    pub query_timeout_seconds: u64,
+    pub max_body_bytes: usize,
+    pub max_concurrent_queries: usize,
+    pub reload_poll_seconds: u64,
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Default for ServiceLimits {
+    fn default() -> Self {
+        ServiceLimits {
+            memory_limit_mb: 2048,
+            target_partitions: 0,
+            query_timeout_seconds: 60,
+            max_body_bytes: 64 * 1024,
+            max_concurrent_queries: 32,
+            reload_poll_seconds: 2,
+            shutdown_grace_seconds: 30,
+        }
+    }
+}
+
+/// Everything `agregat serve` needs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    pub listen: SocketAddr,
+    pub warehouse: PathBuf,
+    pub policy: PathBuf,
+    pub queries: PathBuf,
+    /// Directory of the state database (`state.sqlite`).
+    pub state: PathBuf,
+    /// The record-key secret; every served snapshot must have been built
+    /// with it (its fingerprint is in the manifest), so cell keys agree
+    /// across snapshots.
+    pub record_key_secret: Option<PathBuf>,
+    /// Demo tokens to print at start (the sample only).
+    pub demo_tokens: Option<PathBuf>,
+    pub limits: ServiceLimits,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            warehouse: "data-samples".into(),
+            policy: "data-samples/agreements".into(),
+            queries: "queries".into(),
+            state: "agregat-state".into(),
+            record_key_secret: Some(
+                "data-samples/SAMPLE-record-key-NOT-FOR-PRODUCTION.secret".into(),
+            ),
+            demo_tokens: Some("data-samples/DEMO-TOKENS-NOT-FOR-PRODUCTION.toml".into()),
+            limits: ServiceLimits::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {}: {message}", path.display())]
+    Syntax { path: PathBuf, message: String },
+}
+
+impl ServiceConfig {
+    /// Reads a config file; relative paths in it resolve against its
+    /// directory.
+    pub fn load(path: &Path) -> Result<ServiceConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut c: ServiceConfig = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        if let Some(base) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            c.rebase(base);
+        }
+        Ok(c)
+    }
+
+    fn rebase(&mut self, base: &Path) {
+        let join = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        join(&mut self.warehouse);
+        join(&mut self.policy);
+        join(&mut self.queries);
+        join(&mut self.state);
+        if let Some(p) = self.record_key_secret.as_mut() {
+            join(p);
+        }
+        if let Some(p) = self.demo_tokens.as_mut() {
+            join(p);
+        }
+    }
+
+    /// The SQLite file inside the state directory.
+    pub fn state_file(&self) -> PathBuf {
+        self.state.join("state.sqlite")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_and_rebases() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agregat.toml");
+        std::fs::write(
+            &p,
+            "listen = \"127.0.0.1:9999\"\nwarehouse = \"wh\"\n[limits]\nmax_body_bytes = 10\n",
+        )
+        .unwrap();
+        let c = ServiceConfig::load(&p).unwrap();
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.warehouse, dir.path().join("wh"));
+        assert_eq!(c.limits.max_body_bytes, 10);
+        std::fs::write(&p, "listn = 1\n").unwrap();
+        let e = ServiceConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("listn"), "{e}");
+    }
+}

@@ -1,0 +1,393 @@
+//! The HTTP service: `agregat serve`.
+//!
+//! Each request flows through the modules in data-flow order:
+//!
+//! 1. [`auth`]: the `Authorization` header is taken off the request before
+//!    anything else sees it; the bearer token is hashed and compared in
+//!    constant time with every token hash of the policy; the agreement's
+//!    validity dates, stage and rate limit are checked;
+//! 2. [`api`]: the body is parsed, the snapshot chosen, the SQL planned and
+//!    validated by the query gate ([`crate::query`]), the DP budget
+//!    reserved in the ledger, the query executed and protected
+//!    ([`crate::protect`]), the ledger committed, and the release encoded
+//!    ([`crate::output`]);
+//! 3. [`audit`]: one audit entry per request, accepted, rejected or failed,
+//!    appended to the hash chain **before** the response leaves; if the
+//!    append fails, nothing is released (503).
+//!
+//! The policy directory is reloaded on SIGHUP and when its files change
+//! (polled); an invalid new policy is reported and the old one kept.
+//! SIGTERM and Ctrl-C stop accepting connections and let in-flight
+//! requests finish (and be audited) within the grace period.
+
+pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod metrics;
+pub mod problem;
+pub mod ratelimit;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use chrono::{DateTime, NaiveDate, Utc};
+
+pub use self::config::{ServiceConfig, ServiceLimits};
+use self::metrics::Metrics;
+use self::ratelimit::RateLimiter;
+use crate::policy::{Policy, PolicyErrors};
+use crate::query::{Engine, EngineConfig};
+use crate::saved::SavedQueries;
+use crate::state::{SqliteStore, StateStore};
+use crate::warehouse::{Snapshot, Verify};
+
+/// The service's notion of now. Tests inject a fixed clock to replay a
+/// half-year of traffic; production uses [`SystemClock`].
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+
+    /// Today's date in WIB (UTC+7), the calendar of the agreements.
+    fn today(&self) -> NaiveDate {
+        (self.now() + chrono::Duration::hours(7)).date_naive()
+    }
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A settable clock for tests and replays.
+pub struct ManualClock(std::sync::Mutex<DateTime<Utc>>);
+
+impl ManualClock {
+    pub fn new(t: DateTime<Utc>) -> ManualClock {
+        ManualClock(std::sync::Mutex::new(t))
+    }
+    pub fn set(&self, t: DateTime<Utc>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = t;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The client's address, as the connection saw it (no proxy headers are
+/// trusted), for the audit log.
+#[derive(Debug, Clone)]
+pub struct ClientAddr(pub Option<String>);
+
+/// Why the service cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Policy(#[from] PolicyErrors),
+    #[error(transparent)]
+    Snapshot(#[from] crate::warehouse::SnapshotError),
+    #[error(
+        "no snapshot in warehouse directory {}: it needs subdirectories with a manifest.json (see `agregat generate` and `agregat import`)",
+        dir.display()
+    )]
+    NoSnapshots { dir: PathBuf },
+    #[error("cannot list warehouse directory {}: {source}", dir.display())]
+    Warehouse {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "snapshot '{snapshot}' was built with a different record-key secret (fingerprint {found}, configured {expected}); cell keys would not agree across snapshots: rebuild it or configure its secret"
+    )]
+    SecretMismatch {
+        snapshot: String,
+        found: String,
+        expected: String,
+    },
+    #[error(transparent)]
+    Secret(#[from] crate::record_key::SecretError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Saved(#[from] crate::saved::SavedError),
+    #[error("cannot open snapshot '{snapshot}' in the query engine: {source}")]
+    Engine {
+        snapshot: String,
+        source: crate::query::error::EngineError,
+    },
+    #[error("cannot listen on {addr}: {source}; choose another address with --listen")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Everything request handlers share.
+pub struct AppState {
+    pub config: ServiceConfig,
+    snapshots: BTreeMap<String, Arc<Engine>>,
+    policy: RwLock<Arc<Policy>>,
+    pub store: Arc<dyn StateStore>,
+    pub saved: SavedQueries,
+    pub metrics: Metrics,
+    pub limiter: RateLimiter,
+    pub clock: Arc<dyn Clock>,
+    ids: audit::RequestIds,
+    /// Queries executing at once.
+    pub query_slots: tokio::sync::Semaphore,
+}
+
+impl AppState {
+    /// Opens everything the service needs; refuses to start on an invalid
+    /// policy, a damaged snapshot or an unreadable state database.
+    pub async fn open(
+        config: ServiceConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<AppState, ServiceError> {
+        let policy = Policy::load_dir(&config.policy, clock.today())?;
+        let saved = SavedQueries::load_dir(&config.queries)?;
+        let secret = match &config.record_key_secret {
+            Some(p) => Some(crate::record_key::RecordKeySecret::from_file(p)?.fingerprint()),
+            None => None,
+        };
+        let engine_config = EngineConfig {
+            memory_limit_bytes: config.limits.memory_limit_mb.max(64) << 20,
+            target_partitions: match config.limits.target_partitions {
+                0 => EngineConfig::default().target_partitions,
+                n => n,
+            },
+            query_timeout: Duration::from_secs(config.limits.query_timeout_seconds.max(1)),
+        };
+        let mut snapshots = BTreeMap::new();
+        for dir in snapshot_dirs(&config.warehouse)? {
+            let snapshot = Snapshot::open(&dir, Verify::Full)?;
+            if let Some(expected) = &secret
+                && &snapshot.manifest.record_key.secret_fingerprint != expected
+            {
+                return Err(ServiceError::SecretMismatch {
+                    snapshot: snapshot.id().to_string(),
+                    found: snapshot.manifest.record_key.secret_fingerprint.clone(),
+                    expected: expected.clone(),
+                });
+            }
+            let id = snapshot.id().to_string();
+            let engine = Engine::open(snapshot, engine_config.clone())
+                .await
+                .map_err(|source| ServiceError::Engine {
+                    snapshot: id.clone(),
+                    source,
+                })?;
+            snapshots.insert(id, Arc::new(engine));
+        }
+        if snapshots.is_empty() {
+            return Err(ServiceError::NoSnapshots {
+                dir: config.warehouse.clone(),
+            });
+        }
+        std::fs::create_dir_all(&config.state).map_err(|source| crate::state::StateError::Io {
+            path: config.state.clone(),
+            source,
+        })?;
+        let store: Arc<dyn StateStore> = Arc::new(SqliteStore::open(config.state_file())?);
+        let slots = config.limits.max_concurrent_queries.max(1);
+        Ok(AppState {
+            config,
+            snapshots,
+            policy: RwLock::new(Arc::new(policy)),
+            store,
+            saved,
+            metrics: Metrics::default(),
+            limiter: RateLimiter::default(),
+            clock,
+            ids: audit::RequestIds::new(),
+            query_slots: tokio::sync::Semaphore::new(slots),
+        })
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        Arc::clone(&self.policy.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Replaces the policy if the directory now loads cleanly; otherwise
+    /// keeps the old one and returns the problems.
+    pub fn reload_policy(&self) -> Result<usize, PolicyErrors> {
+        let new = Policy::load_dir(&self.config.policy, self.clock.today())?;
+        let n = new.agreements().count();
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        Ok(n)
+    }
+
+    pub fn snapshots(&self) -> &BTreeMap<String, Arc<Engine>> {
+        &self.snapshots
+    }
+}
+
+/// Subdirectories of the warehouse holding a `manifest.json`, sorted.
+fn snapshot_dirs(dir: &Path) -> Result<Vec<PathBuf>, ServiceError> {
+    let err = |source| ServiceError::Warehouse {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(err)? {
+        let path = entry.map_err(err)?.path();
+        if path.join(crate::warehouse::MANIFEST).is_file() {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The router over shared state (`oneshot`-testable).
+pub fn router(state: Arc<AppState>) -> Router {
+    api::routes(Arc::clone(&state))
+}
+
+/// Reloads the policy on SIGHUP and when the directory changes.
+fn spawn_policy_watch(state: Arc<AppState>) {
+    tokio::spawn(async move {
+        let poll = Duration::from_secs(state.config.limits.reload_poll_seconds.max(1));
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut last_seen = state.policy().stamp().to_string();
+        loop {
+            #[cfg(unix)]
+            let forced = match hup.as_mut() {
+                Some(h) => tokio::select! {
+                    _ = h.recv() => true,
+                    _ = tokio::time::sleep(poll) => false,
+                },
+                None => {
+                    tokio::time::sleep(poll).await;
+                    false
+                }
+            };
+            #[cfg(not(unix))]
+            let forced = {
+                tokio::time::sleep(poll).await;
+                false
+            };
+            let stamp = match Policy::dir_stamp(&state.config.policy) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!(
+                        "agregat: cannot read policy directory {}: {e}; keeping the policy in force",
+                        state.config.policy.display()
+                    );
+                    continue;
+                }
+            };
+            if !forced && stamp == last_seen {
+                continue;
+            }
+            last_seen = stamp;
+            match state.reload_policy() {
+                Ok(n) => eprintln!("agregat: policy reloaded: {n} agreements"),
+                Err(e) => eprintln!("agregat: new policy rejected, keeping the one in force:\n{e}"),
+            }
+        }
+    });
+}
+
+/// A running server (for tests): its address and a way to stop it.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), ServiceError>>,
+}
+
+impl RunningServer {
+    /// Graceful stop: in-flight requests finish and are audited.
+    pub async fn stop(mut self) -> Result<(), ServiceError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task
+            .await
+            .map_err(|e| ServiceError::Serve(std::io::Error::other(e)))?
+    }
+}
+
+/// Binds and serves in the background until [`RunningServer::stop`].
+pub async fn start(state: Arc<AppState>) -> Result<RunningServer, ServiceError> {
+    let addr = state.config.listen;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServiceError::Bind { addr, source })?;
+    let addr = listener.local_addr().map_err(ServiceError::Serve)?;
+    spawn_policy_watch(Arc::clone(&state));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let app = router(Arc::clone(&state)).into_make_service_with_connect_info::<SocketAddr>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            })
+            .await
+            .map_err(ServiceError::Serve)
+    });
+    Ok(RunningServer {
+        addr,
+        state,
+        shutdown: Some(tx),
+        task,
+    })
+}
+
+/// Serves until SIGTERM or Ctrl-C, then drains in-flight requests within
+/// the grace period.
+pub async fn run_until_signal(state: Arc<AppState>) -> Result<(), ServiceError> {
+    let grace = Duration::from_secs(state.config.limits.shutdown_grace_seconds);
+    let server = start(state).await?;
+    eprintln!("agregat: listening on http://{}", server.addr);
+    shutdown_signal().await;
+    eprintln!(
+        "agregat: shutting down; finishing in-flight requests (up to {} s)",
+        grace.as_secs()
+    );
+    match tokio::time::timeout(grace, server.stop()).await {
+        Ok(r) => r,
+        Err(_) => {
+            eprintln!("agregat: grace period over; requests still running were not answered");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,306 @@
+//! Errors of the HTTP API and their wire form: RFC 9457 problem details
+//! (`application/problem+json`) with the stable code of the gate or the
+//! service.
+//!
+//! Every variant says which party is at fault through its status: 4xx for
+//! the caller (with a message that names the offending value and the fix),
+//! 5xx only for failures of the service itself. A 5xx never echoes the
+//! underlying error to the caller; the detail goes to the operator's log
+//! under the request id, which the problem carries as `instance`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::query::{Code, QueryError, RunError};
+use crate::saved::SavedError;
+use crate::state::StateError;
+
+/// Media type of problem details.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Why a request was not answered.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(
+        "no bearer token; send 'Authorization: Bearer <token>' with the token issued for your agreement"
+    )]
+    TokenMissing,
+    #[error(
+        "the Authorization header is not 'Bearer <token>'; send 'Authorization: Bearer <token>'"
+    )]
+    TokenMalformed,
+    #[error(
+        "the token is not valid for any agreement (unknown, revoked or mistyped); ask Disdukcapil for a new token"
+    )]
+    TokenUnknown,
+    #[error(
+        "agreement '{agreement}' expired on {valid_until}; no data can be released under it until the PKS is renewed"
+    )]
+    AgreementExpired {
+        agreement: String,
+        valid_until: String,
+    },
+    #[error("agreement '{agreement}' is valid only from {valid_from}; try again from that date")]
+    AgreementNotYetValid {
+        agreement: String,
+        valid_from: String,
+    },
+    #[error(
+        "agreement '{agreement}' is at stage '{stage}' and snapshot '{snapshot}' is {kind}; {hint}"
+    )]
+    StageNotAllowed {
+        agreement: String,
+        stage: String,
+        snapshot: String,
+        kind: &'static str,
+        hint: &'static str,
+    },
+    #[error(
+        "rate limit of agreement '{agreement}' reached: {per_minute} requests per minute; retry after {retry_after} s"
+    )]
+    RateLimited {
+        agreement: String,
+        per_minute: u32,
+        retry_after: u64,
+    },
+    #[error("{0}")]
+    BudgetExhausted(String),
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error(
+        "cannot produce '{accept}'; accepted: application/json, text/csv, application/vnd.apache.parquet (or ?format=json|csv|parquet)"
+    )]
+    NotAcceptable { accept: String },
+    #[error("the request body has {size} bytes; at most {limit} are accepted")]
+    PayloadTooLarge { size: usize, limit: usize },
+    #[error("no snapshot '{id}'; available to this agreement: {available}")]
+    SnapshotNotFound { id: String, available: String },
+    #[error("no snapshot is available to agreement '{agreement}' at stage '{stage}'; {hint}")]
+    NoSnapshot {
+        agreement: String,
+        stage: String,
+        hint: &'static str,
+    },
+    #[error("no saved query '{name}'; GET /v1/queries lists the ones this agreement may run")]
+    SavedQueryNotFound { name: String },
+    #[error(
+        "saved query '{name}' needs elements this agreement does not permit: {missing}; GET /v1/queries lists the ones it may run"
+    )]
+    SavedQueryNotPermitted { name: String, missing: String },
+    #[error("{0}")]
+    Parameter(Box<SavedError>),
+    #[error("{0}")]
+    Query(QueryError),
+    #[error("route {path} does not exist; see GET /openapi.json")]
+    NotFound { path: String },
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    /// A failure of the service. The source goes to the operator's log only.
+    #[error("internal error ({context}); the operator can find the details under this request id")]
+    Internal {
+        context: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("the service is shutting down or its audit log is unavailable; retry shortly")]
+    Unavailable,
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(
+        context: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> ApiError {
+        ApiError::Internal {
+            context,
+            source: source.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        use ApiError as E;
+        match self {
+            E::TokenMissing | E::TokenMalformed | E::TokenUnknown => StatusCode::UNAUTHORIZED,
+            E::AgreementExpired { .. }
+            | E::AgreementNotYetValid { .. }
+            | E::StageNotAllowed { .. }
+            | E::SavedQueryNotPermitted { .. } => StatusCode::FORBIDDEN,
+            E::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            E::BudgetExhausted(_) => StatusCode::CONFLICT,
+            E::BadRequest { .. } | E::Parameter(_) => StatusCode::BAD_REQUEST,
+            E::NotAcceptable { .. } => StatusCode::NOT_ACCEPTABLE,
+            E::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            E::SnapshotNotFound { .. }
+            | E::NoSnapshot { .. }
+            | E::SavedQueryNotFound { .. }
+            | E::NotFound { .. } => StatusCode::NOT_FOUND,
+            E::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            E::Query(q) => query_status(q.code),
+            E::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            E::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The stable code (the gate's codes for query refusals).
+    pub fn code(&self) -> &'static str {
+        use ApiError as E;
+        match self {
+            E::TokenMissing => "token_missing",
+            E::TokenMalformed => "token_malformed",
+            E::TokenUnknown => "token_unknown",
+            E::AgreementExpired { .. } => "agreement_expired",
+            E::AgreementNotYetValid { .. } => "agreement_not_yet_valid",
+            E::StageNotAllowed { .. } => "stage_not_allowed",
+            E::RateLimited { .. } => "rate_limited",
+            E::BudgetExhausted(_) => "budget_exhausted",
+            E::BadRequest { code, .. } => code,
+            E::NotAcceptable { .. } => "not_acceptable",
+            E::PayloadTooLarge { .. } => "payload_too_large",
+            E::SnapshotNotFound { .. } => "snapshot_not_found",
+            E::NoSnapshot { .. } => "no_snapshot",
+            E::SavedQueryNotFound { .. } => "saved_query_not_found",
+            E::SavedQueryNotPermitted { .. } => "element_not_permitted",
+            E::Parameter(_) => "invalid_parameter",
+            E::Query(q) => q.code.as_str(),
+            E::NotFound { .. } => "not_found",
+            E::MethodNotAllowed { .. } => "method_not_allowed",
+            E::Internal { .. } => "internal_error",
+            E::Unavailable => "unavailable",
+        }
+    }
+
+    /// Refused by a gate (the caller's doing) rather than failed.
+    pub fn is_rejection(&self) -> bool {
+        self.status().is_client_error()
+    }
+
+    /// The problem document for this error.
+    pub fn problem(&self, request_id: &str) -> Problem {
+        let status = self.status();
+        Problem {
+            r#type: format!("urn:agregat:problem:{}", self.code()),
+            title: status.canonical_reason().unwrap_or("Error").to_string(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            code: self.code().to_string(),
+            instance: format!("urn:agregat:request:{request_id}"),
+            param: match self {
+                ApiError::Parameter(e) => e.param().map(str::to_string),
+                _ => None,
+            },
+        }
+    }
+
+    /// The response, with `Retry-After` for rate limits.
+    pub fn into_response_for(self, request_id: &str) -> Response {
+        let problem = self.problem(request_id);
+        let mut resp = (
+            self.status(),
+            [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))],
+            serde_json::to_vec(&problem).unwrap_or_default(),
+        )
+            .into_response();
+        if let ApiError::RateLimited { retry_after, .. } = &self
+            && let Ok(v) = HeaderValue::from_str(&retry_after.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        resp
+    }
+}
+
+/// HTTP status of a query refusal.
+pub fn query_status(code: Code) -> StatusCode {
+    match code {
+        c if c.is_forbidden() => StatusCode::FORBIDDEN,
+        Code::TooManyCells | Code::SqlTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Code::ParseError | Code::PlanError | Code::MultipleStatements | Code::InvalidValue => {
+            StatusCode::BAD_REQUEST
+        }
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    }
+}
+
+impl From<RunError> for ApiError {
+    fn from(e: RunError) -> Self {
+        match e {
+            RunError::Query(q) => ApiError::Query(q),
+            RunError::Engine(e) => ApiError::internal("query engine", e),
+        }
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(q: QueryError) -> Self {
+        ApiError::Query(q)
+    }
+}
+
+impl From<SavedError> for ApiError {
+    fn from(e: SavedError) -> Self {
+        match e {
+            SavedError::UnknownQuery { name, .. } => ApiError::SavedQueryNotFound { name },
+            e if e.param().is_some() => ApiError::Parameter(Box::new(e)),
+            e => ApiError::internal("saved queries", e),
+        }
+    }
+}
+
+impl From<StateError> for ApiError {
+    fn from(e: StateError) -> Self {
+        match e {
+            e @ StateError::BudgetExhausted { .. } => ApiError::BudgetExhausted(e.to_string()),
+            e => ApiError::internal("state database", e),
+        }
+    }
+}
+
+/// RFC 9457 problem details, plus the stable `code`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
+pub struct Problem {
+    /// `urn:agregat:problem:<code>`.
+    #[serde(rename = "type")]
+    pub r#type: String,
+    /// The HTTP status's reason phrase.
+    pub title: String,
+    pub status: u16,
+    /// What is wrong, the offending value, and the fix.
+    pub detail: String,
+    /// Stable machine-readable code, e.g. `identifier_in_group_by`.
+    pub code: String,
+    /// `urn:agregat:request:<request id>`; quote it to the operator.
+    pub instance: String,
+    /// The saved-query parameter at fault, for `invalid_parameter`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub param: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_fault() {
+        let q = |c| ApiError::Query(QueryError::new(c, "x"));
+        assert_eq!(q(Code::IdentifierInGroupBy).status(), 422);
+        assert_eq!(q(Code::ElementNotPermitted).status(), 403);
+        assert_eq!(q(Code::RegionNotPermitted).status(), 403);
+        assert_eq!(q(Code::TooManyCells).status(), 413);
+        assert_eq!(q(Code::ParseError).status(), 400);
+        assert_eq!(ApiError::TokenUnknown.status(), 401);
+        assert_eq!(ApiError::BudgetExhausted("x".into()).status(), 409);
+        let p = ApiError::internal("state database", std::io::Error::other("disk /x/y full"))
+            .problem("r1");
+        assert_eq!(p.status, 500);
+        assert!(!p.detail.contains("/x/y"), "{}", p.detail);
+        assert_eq!(p.instance, "urn:agregat:request:r1");
+    }
+}

@@ -1,0 +1,306 @@
+//! A real `agregat` service on an ephemeral loopback port, with a policy
+//! directory of test agreements (known tokens), a warehouse holding the
+//! committed synthetic sample and a production-marked copy of it, and a
+//! settable clock.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use agregat::service::{AppState, ManualClock, RunningServer, ServiceConfig, start};
+use chrono::{DateTime, Utc};
+
+/// The token of a test agreement: `agt_test_<id>`.
+pub fn token(id: &str) -> String {
+    format!("agt_test_{id}")
+}
+
+fn sha(token: &str) -> String {
+    agregat::policy::token_sha256_hex(token)
+}
+
+/// Elements of a broad agreement (no protected element).
+pub const BROAD: &[&str] = &[
+    "jenis_kelamin",
+    "tanggal_lahir",
+    "agama",
+    "status_perkawinan",
+    "status_hubungan_keluarga",
+    "pendidikan_terakhir",
+    "jenis_pekerjaan",
+    "golongan_darah",
+    "no_kk",
+    "kode_prov",
+    "kode_kab",
+    "kode_kec",
+    "kode_kel",
+];
+
+/// One agreement file.
+pub struct Pks<'a> {
+    pub id: &'a str,
+    pub stage: &'a str,
+    pub elements: &'a [&'a str],
+    pub minister: &'a [&'a str],
+    pub scope: &'a [&'a str],
+    pub valid_from: &'a str,
+    pub valid_until: &'a str,
+    pub rpm: u32,
+    /// The `[protection]` table body.
+    pub protection: &'a str,
+}
+
+impl Default for Pks<'_> {
+    fn default() -> Self {
+        Pks {
+            id: "uji",
+            stage: "trial",
+            elements: BROAD,
+            minister: &[],
+            scope: &["61.71"],
+            valid_from: "2026-01-01",
+            valid_until: "2027-12-31",
+            rpm: 100_000,
+            protection: "method = \"cell_key\"\nk = 10\n",
+        }
+    }
+}
+
+impl Pks<'_> {
+    pub fn toml(&self) -> String {
+        let list = |v: &[&str]| {
+            v.iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "id = \"{id}\"\ninstitution = \"Test {id}\"\npks_number = \"PKS/{id}/2026\"\nwalikota_permit = \"Izin/{id}/2026\"\nvalid_from = {from}\nvalid_until = {until}\nstage = \"{stage}\"\npermitted_elements = [{el}]\nminister_permission = [{mi}]\nregion_scope = [{sc}]\n\n[limits]\nrequests_per_minute = {rpm}\n\n[protection]\n{prot}\n[[token]]\nid = \"t1\"\nsha256 = \"{sha}\"\n",
+            id = self.id,
+            from = self.valid_from,
+            until = self.valid_until,
+            stage = self.stage,
+            el = list(self.elements),
+            mi = list(self.minister),
+            sc = list(self.scope),
+            rpm = self.rpm,
+            prot = self.protection,
+            sha = sha(&token(self.id)),
+        )
+    }
+}
+
+/// The standard test agreements.
+pub fn standard_agreements() -> Vec<Pks<'static>> {
+    vec![
+        Pks::default(),
+        Pks {
+            id: "produksi",
+            stage: "production",
+            ..Pks::default()
+        },
+        Pks {
+            id: "dp-uji",
+            protection: "method = \"dp\"\nrho = 0.01\nbudget_per_period = 0.05\nk = 5\n",
+            ..Pks::default()
+        },
+        Pks {
+            id: "kec",
+            elements: &["jenis_kelamin", "kode_kec", "kode_kel"],
+            scope: &["61.71.01"],
+            ..Pks::default()
+        },
+        Pks {
+            id: "lambat",
+            rpm: 3,
+            ..Pks::default()
+        },
+        Pks {
+            id: "pendidikan",
+            elements: &["jenis_kelamin", "tanggal_lahir", "kode_kec", "kode_kel"],
+            ..Pks::default()
+        },
+        Pks {
+            id: "cacat",
+            elements: &["jenis_kelamin", "penyandang_cacat", "kode_kec"],
+            ..Pks::default()
+        },
+        Pks {
+            id: "belum",
+            valid_from: "2027-01-01",
+            ..Pks::default()
+        },
+        Pks {
+            id: "segera",
+            valid_until: "2026-12-31",
+            ..Pks::default()
+        },
+    ]
+}
+
+/// A directory with the warehouse, the policy and the state.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub config: ServiceConfig,
+}
+
+impl Env {
+    pub fn new(agreements: &[Pks<'_>]) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let warehouse = dir.path().join("warehouse");
+        std::fs::create_dir_all(&warehouse).unwrap();
+        let sample = root.join("data-samples/dkb-2026-s1");
+        copy_dir(&sample, &warehouse.join("dkb-2026-s1"));
+        // A production-marked copy, so stage rules can be exercised.
+        let prod = warehouse.join("dkb-2026-s1-prod");
+        copy_dir(&sample, &prod);
+        let mpath = prod.join("manifest.json");
+        let mut m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
+        m["id"] = "dkb-2026-s1-prod".into();
+        m["synthetic"] = false.into();
+        std::fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+        let policy = dir.path().join("policy");
+        std::fs::create_dir_all(&policy).unwrap();
+        for a in agreements {
+            std::fs::write(policy.join(format!("{}.toml", a.id)), a.toml()).unwrap();
+        }
+        let mut config = ServiceConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            warehouse,
+            policy,
+            queries: root.join("queries"),
+            state: dir.path().join("state"),
+            record_key_secret: Some(
+                root.join("data-samples/SAMPLE-record-key-NOT-FOR-PRODUCTION.secret"),
+            ),
+            demo_tokens: None,
+            ..ServiceConfig::default()
+        };
+        config.limits.reload_poll_seconds = 1;
+        config.limits.target_partitions = 2;
+        Env { dir, config }
+    }
+
+    pub fn policy_dir(&self) -> PathBuf {
+        self.config.policy.clone()
+    }
+
+    /// Writes the config as an `agregat.toml` (for the binary).
+    pub fn write_config(&self) -> PathBuf {
+        let c = &self.config;
+        let path = self.dir.path().join("agregat.toml");
+        let text = format!(
+            "listen = \"{}\"\nwarehouse = \"{}\"\npolicy = \"{}\"\nqueries = \"{}\"\nstate = \"{}\"\nrecord_key_secret = \"{}\"\n[limits]\nreload_poll_seconds = 1\ntarget_partitions = 2\n",
+            c.listen,
+            c.warehouse.display(),
+            c.policy.display(),
+            c.queries.display(),
+            c.state.display(),
+            c.record_key_secret.as_ref().unwrap().display()
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// 2026-11-28 10:00 WIB.
+pub fn default_time() -> DateTime<Utc> {
+    "2026-11-28T03:00:00Z".parse().unwrap()
+}
+
+pub struct Server {
+    pub env: Env,
+    pub clock: Arc<ManualClock>,
+    pub running: Option<RunningServer>,
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Server {
+    pub async fn start(env: Env) -> Server {
+        let clock = Arc::new(ManualClock::new(default_time()));
+        let state = AppState::open(env.config.clone(), clock.clone())
+            .await
+            .expect("service starts");
+        let running = start(Arc::new(state)).await.expect("binds");
+        let base = format!("http://{}", running.addr);
+        Server {
+            env,
+            clock,
+            running: Some(running),
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn standard() -> Server {
+        Server::start(Env::new(&standard_agreements())).await
+    }
+
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.running.as_ref().unwrap().state
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POST /v1/query as agreement `id` with `sql`.
+    pub async fn query(&self, id: &str, sql: &str) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/query"))
+            .bearer_auth(token(id))
+            .json(&serde_json::json!({ "sql": sql }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, id: &str, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(token(id))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn stop(mut self) -> Env {
+        if let Some(r) = self.running.take() {
+            r.stop().await.unwrap();
+        }
+        self.env
+    }
+}
+
+/// The problem document of a response, after checking its status and
+/// media type.
+pub async fn problem(resp: reqwest::Response, status: u16) -> serde_json::Value {
+    let got = resp.status().as_u16();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let body = resp.text().await.unwrap();
+    assert_eq!(got, status, "status {got}, body {body}");
+    assert_eq!(ctype, "application/problem+json", "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], status);
+    assert!(v["code"].is_string() && v["detail"].is_string(), "{v}");
+    v
+}

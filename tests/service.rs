@@ -1,0 +1,838 @@
+//! The HTTP service end to end: a real server on a loopback port, a real
+//! HTTP client, real Parquet snapshots and a real SQLite state database.
+
+mod common;
+
+use agregat::state::Outcome;
+use common::server::{Pks, Server, problem, standard_agreements, token};
+use serde_json::{Value, json};
+
+const COUNT_BY_KEC: &str =
+    "SELECT kode_kec, jenis_kelamin, COUNT(*) AS jumlah FROM penduduk GROUP BY 1, 2";
+
+fn audit(s: &Server) -> Vec<agregat::state::AuditRecord> {
+    s.state().store.entries(None, None).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_codes_and_problem_details() {
+    let s = Server::standard().await;
+
+    // 200 in each format, negotiated by ?format= and by Accept.
+    let r = s.query("uji", COUNT_BY_KEC).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["columns"][0], "kode_kec");
+    assert_eq!(v["protection"]["method"], "cell_key");
+    assert_eq!(v["rows"].as_array().unwrap().len(), 6 * 2);
+    let csv = s
+        .http
+        .post(s.url("/v1/query?format=csv"))
+        .bearer_auth(token("uji"))
+        .json(&json!({ "sql": COUNT_BY_KEC }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.status(), 200);
+    assert!(
+        csv.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    assert!(
+        csv.text()
+            .await
+            .unwrap()
+            .starts_with("kode_kec,jenis_kelamin,jumlah")
+    );
+    let pq = s
+        .http
+        .post(s.url("/v1/query"))
+        .header("accept", "application/vnd.apache.parquet")
+        .bearer_auth(token("uji"))
+        .json(&json!({ "sql": COUNT_BY_KEC }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pq.status(), 200);
+    assert_eq!(
+        pq.headers()["content-type"],
+        "application/vnd.apache.parquet"
+    );
+    assert!(pq.bytes().await.unwrap().starts_with(b"PAR1"));
+
+    // 401: no token, malformed header, unknown token.
+    let r = s
+        .http
+        .post(s.url("/v1/query"))
+        .json(&json!({ "sql": COUNT_BY_KEC }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(r, 401).await["code"], "token_missing");
+    let r = s
+        .http
+        .post(s.url("/v1/query"))
+        .header("authorization", "Basic dXNlcjpwYXNz")
+        .json(&json!({ "sql": COUNT_BY_KEC }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(r, 401).await["code"], "token_malformed");
+    let r = s
+        .http
+        .post(s.url("/v1/query"))
+        .bearer_auth("agt_not_a_token")
+        .json(&json!({ "sql": COUNT_BY_KEC }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(r, 401).await["code"], "token_unknown");
+
+    // 400: bad JSON, unknown field, SQL that does not parse.
+    let r = s
+        .http
+        .post(s.url("/v1/query"))
+        .bearer_auth(token("uji"))
+        .body("{\"sql\": ")
+        .send()
+        .await
+        .unwrap();
+    let p = problem(r, 400).await;
+    assert_eq!(p["code"], "bad_json");
+    assert!(
+        p["detail"].as_str().unwrap().contains("send JSON such as"),
+        "{p}"
+    );
+    let r = s
+        .http
+        .post(s.url("/v1/query"))
+        .bearer_auth(token("uji"))
+        .json(&json!({ "sql": COUNT_BY_KEC, "limit": 5 }))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        problem(r, 400).await["detail"]
+            .as_str()
+            .unwrap()
+            .contains("limit")
+    );
+    let r = s.query("uji", "SELEC kode_kec FROM penduduk").await;
+    assert_eq!(problem(r, 400).await["code"], "parse_error");
+    let r = s
+        .http
+        .post(s.url("/v1/query?format=xlsx"))
+        .bearer_auth(token("uji"))
+        .json(&json!({ "sql": COUNT_BY_KEC }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(r, 400).await["code"], "unsupported_format");
+
+    // 403: element, Minister's permission, region scope, stage.
+    let r = s
+        .query(
+            "pendidikan",
+            "SELECT agama, COUNT(*) FROM penduduk GROUP BY 1",
+        )
+        .await;
+    let p = problem(r, 403).await;
+    assert_eq!(p["code"], "element_not_permitted");
+    assert!(p["detail"].as_str().unwrap().contains("'agama'"), "{p}");
+    let r = s
+        .query(
+            "cacat",
+            "SELECT penyandang_cacat, COUNT(*) FROM penduduk GROUP BY 1",
+        )
+        .await;
+    assert_eq!(
+        problem(r, 403).await["code"],
+        "minister_permission_required"
+    );
+    let r = s
+        .query(
+            "kec",
+            "SELECT kode_kel, COUNT(*) FROM penduduk WHERE kode_kec = '61.71.02' GROUP BY 1",
+        )
+        .await;
+    let p = problem(r, 403).await;
+    assert_eq!(p["code"], "region_not_permitted");
+    assert!(p["detail"].as_str().unwrap().contains("61.71.02"), "{p}");
+    let r = s
+        .http
+        .post(s.url("/v1/query"))
+        .bearer_auth(token("uji"))
+        .json(&json!({ "sql": COUNT_BY_KEC, "snapshot": "dkb-2026-s1-prod" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(r, 403).await["code"], "stage_not_allowed");
+    let r = s
+        .http
+        .post(s.url("/v1/query"))
+        .bearer_auth(token("produksi"))
+        .json(&json!({ "sql": COUNT_BY_KEC, "snapshot": "dkb-2026-s1" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(r, 403).await["code"], "stage_not_allowed");
+    // Production agreements get the production snapshot by default.
+    let r = s.query("produksi", COUNT_BY_KEC).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["protection"]["snapshot"], "dkb-2026-s1-prod");
+    // Validity: not yet valid.
+    let r = s.query("belum", COUNT_BY_KEC).await;
+    assert_eq!(problem(r, 403).await["code"], "agreement_not_yet_valid");
+
+    // 404: unknown snapshot, unknown route, unknown saved query.
+    let r = s
+        .http
+        .post(s.url("/v1/query"))
+        .bearer_auth(token("uji"))
+        .json(&json!({ "sql": COUNT_BY_KEC, "snapshot": "dkb-1999-s1" }))
+        .send()
+        .await
+        .unwrap();
+    let p = problem(r, 404).await;
+    assert_eq!(p["code"], "snapshot_not_found");
+    assert!(
+        !p["detail"].as_str().unwrap().contains("prod"),
+        "trial sees no production snapshot: {p}"
+    );
+    let r = s.get("uji", "/v1/nothing").await;
+    assert_eq!(problem(r, 404).await["code"], "not_found");
+    let r = s
+        .http
+        .post(s.url("/v1/queries/tidak_ada"))
+        .bearer_auth(token("uji"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(r, 404).await["code"], "saved_query_not_found");
+    // 405
+    let r = s.get("uji", "/v1/query").await;
+    assert_eq!(problem(r, 405).await["code"], "method_not_allowed");
+    // 406
+    let r = s
+        .http
+        .post(s.url("/v1/query"))
+        .header("accept", "application/xml")
+        .bearer_auth(token("uji"))
+        .json(&json!({ "sql": COUNT_BY_KEC }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(r, 406).await["code"], "not_acceptable");
+
+    // 413: body, SQL and grid too large.
+    let big = "x".repeat(70 * 1024);
+    let r = s
+        .http
+        .post(s.url("/v1/query"))
+        .bearer_auth(token("uji"))
+        .json(&json!({ "sql": big }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(r, 413).await["code"], "payload_too_large");
+    let long_sql = format!(
+        "SELECT kode_kec, COUNT(*) FROM penduduk WHERE 1 = 1 {} GROUP BY 1",
+        "AND 1 = 1 ".repeat(2000)
+    );
+    let r = s.query("uji", &long_sql).await;
+    assert_eq!(problem(r, 413).await["code"], "sql_too_large");
+    let r = s
+        .query(
+            "uji",
+            "SELECT kode_kel, agama, pendidikan_terakhir, jenis_pekerjaan, COUNT(*) FROM penduduk GROUP BY 1, 2, 3, 4",
+        )
+        .await;
+    assert_eq!(problem(r, 413).await["code"], "too_many_cells");
+
+    // 422: the aggregate-only gate.
+    let r = s
+        .query("uji", "SELECT no_kk, COUNT(*) FROM penduduk GROUP BY 1")
+        .await;
+    let p = problem(r, 422).await;
+    assert_eq!(p["code"], "identifier_in_group_by");
+    assert!(p["detail"].as_str().unwrap().contains("no_kk"), "{p}");
+    let r = s.query("uji", "SELECT * FROM penduduk").await;
+    assert!(
+        problem(r, 422).await["code"]
+            .as_str()
+            .unwrap()
+            .starts_with("identifier_in")
+    );
+
+    // 429: the rate limit (3 per minute).
+    for _ in 0..3 {
+        assert_eq!(s.get("lambat", "/v1/budget").await.status(), 200);
+    }
+    let r = s.get("lambat", "/v1/budget").await;
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(problem(r, 429).await["code"], "rate_limited");
+
+    // Every /v1 request above has exactly one audit entry; the chain holds;
+    // no token appears anywhere in the audit log.
+    let entries = audit(&s);
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.entry.request_id.as_deref() == Some(&rid))
+    );
+    assert_eq!(entries.len(), 31, "one entry per /v1 request");
+    assert!(s.state().store.verify().unwrap().is_ok());
+    let rejected = entries
+        .iter()
+        .filter(|e| e.entry.outcome == Outcome::Rejected)
+        .count();
+    assert_eq!(rejected, 31 - 7);
+    for e in &entries {
+        let text = serde_json::to_string(&e.entry).unwrap();
+        assert!(
+            !text.contains("agt_test_"),
+            "token leaked into the audit log: {text}"
+        );
+    }
+    let unauth: Vec<_> = entries
+        .iter()
+        .filter(|e| e.entry.agreement == "-")
+        .collect();
+    assert_eq!(
+        unauth.len(),
+        5,
+        "three without a valid token, and the unmatched routes"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_agreement_is_refused_after_its_last_day() {
+    let s = Server::standard().await;
+    assert_eq!(s.query("segera", COUNT_BY_KEC).await.status(), 200);
+    // 2027-01-01 08:00 WIB: the day after valid_until.
+    s.clock.set("2027-01-01T01:00:00Z".parse().unwrap());
+    let r = s.query("segera", COUNT_BY_KEC).await;
+    let p = problem(r, 403).await;
+    assert_eq!(p["code"], "agreement_expired");
+    assert!(p["detail"].as_str().unwrap().contains("2026-12-31"), "{p}");
+    // WIB, not UTC: 2026-12-31 23:30 WIB is still valid.
+    s.clock.set("2026-12-31T16:30:00Z".parse().unwrap());
+    assert_eq!(s.query("segera", COUNT_BY_KEC).await.status(), 200);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scope_is_enforced_for_a_token_outside_its_region() {
+    let s = Server::standard().await;
+    // The kecamatan agreement sees only its own kelurahan.
+    let r = s
+        .query(
+            "kec",
+            "SELECT kode_kel, COUNT(*) AS n FROM penduduk GROUP BY 1",
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    for row in v["rows"].as_array().unwrap() {
+        assert!(row[0].as_str().unwrap().starts_with("61.71.01."), "{row}");
+    }
+    // Naming another kecamatan, kab or province is refused outright.
+    for sql in [
+        "SELECT jenis_kelamin, COUNT(*) FROM penduduk WHERE kode_kec = '61.71.03' GROUP BY 1",
+        "SELECT jenis_kelamin, COUNT(*) FROM penduduk WHERE kode_kel IN ('61.71.01.1001', '61.71.02.1001') GROUP BY 1",
+        "SELECT jenis_kelamin, COUNT(*) FROM penduduk WHERE kode_kel LIKE '61.72%' GROUP BY 1",
+    ] {
+        let r = s.query("kec", sql).await;
+        assert_eq!(
+            problem(r, 403).await["code"],
+            "region_not_permitted",
+            "{sql}"
+        );
+    }
+    // The catalog lists only regions in scope.
+    let v: Value = s.get("kec", "/v1/catalog").await.json().await.unwrap();
+    let regions = v["regions"].as_array().unwrap();
+    assert!(!regions.is_empty());
+    for r in regions {
+        assert!(r["kode"].as_str().unwrap().starts_with("61.71.01"), "{r}");
+    }
+    let names: Vec<&str> = v["elements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["jenis_kelamin", "kode_kec", "kode_kel"]);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_race_twenty_requests_five_fit() {
+    let s = Server::standard().await;
+    // rho 0.01 per query, 0.05 per period: exactly five fresh questions.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let http = s.http.clone();
+        let url = s.url("/v1/query");
+        tasks.push(tokio::spawn(async move {
+            let sql = format!(
+                "SELECT kode_kec, COUNT(*) AS n FROM penduduk WHERE umur(tanggal_lahir) >= {i} GROUP BY 1"
+            );
+            let r = http
+                .post(url)
+                .bearer_auth(token("dp-uji"))
+                .json(&json!({ "sql": sql }))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            (status, body)
+        }));
+    }
+    let mut ok = 0;
+    let mut exhausted = 0;
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        match status {
+            200 => ok += 1,
+            409 => {
+                assert_eq!(body["code"], "budget_exhausted");
+                exhausted += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!((ok, exhausted), (5, 15));
+    let rows = s.state().store.ledger_rows("dp-uji").unwrap();
+    assert_eq!(rows.len(), 5, "refused requests leave no ledger row");
+    assert!(
+        rows.iter()
+            .all(|r| r.state == agregat::state::LedgerState::Committed)
+    );
+    let spent: f64 = rows.iter().map(|r| r.amount).sum();
+    let charged: f64 = audit(&s)
+        .iter()
+        .filter(|e| e.entry.outcome == Outcome::Accepted)
+        .filter_map(|e| e.entry.privacy_loss)
+        .sum();
+    assert!(
+        (spent - charged).abs() < 1e-12,
+        "ledger {spent} vs audit {charged}"
+    );
+    assert!(spent <= 0.05 + 1e-12);
+    // Every charged release has its committed ledger row, by request id.
+    for e in audit(&s)
+        .iter()
+        .filter(|e| e.entry.outcome == Outcome::Accepted)
+    {
+        let id = e.entry.request_id.as_deref().unwrap();
+        assert!(
+            rows.iter().any(|r| r.request_id == id),
+            "no ledger row for {id}"
+        );
+    }
+    let b: Value = s.get("dp-uji", "/v1/budget").await.json().await.unwrap();
+    assert_eq!(b["queries_left"], 0);
+    assert_eq!(b["period"], "2026-S2");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dp_cost_is_a_dry_run_and_repeats_are_free() {
+    let s = Server::standard().await;
+    let sql =
+        "SELECT kode_kec, COUNT(*) AS n, AVG(umur(tanggal_lahir)) AS rata FROM penduduk GROUP BY 1";
+    let cost = |sql: &'static str| {
+        let http = s.http.clone();
+        let url = s.url("/v1/query/cost");
+        async move {
+            http.post(url)
+                .bearer_auth(token("dp-uji"))
+                .json(&json!({ "sql": sql }))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = cost(sql).await;
+    assert_eq!(r.status(), 200);
+    let c: Value = r.json().await.unwrap();
+    assert_eq!(c["method"], "dp");
+    assert_eq!(c["cells"], 6);
+    assert_eq!(c["measure"], "rho");
+    let charge = c["charge"].as_f64().unwrap();
+    assert!(charge > 0.0099 && charge <= 0.01 + 1e-12, "{c}");
+    assert!(
+        c["margin_of_error_95"]["n"]
+            .as_f64()
+            .is_some_and(|m| m > 0.0),
+        "{c}"
+    );
+    assert_eq!(c["budget"]["spent"], 0.0);
+    // The dry run charged nothing.
+    assert!(s.state().store.ledger_rows("dp-uji").unwrap().is_empty());
+    // The real run charges exactly what the dry run said.
+    let r = s.query("dp-uji", sql).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let rows = s.state().store.ledger_rows("dp-uji").unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!((rows[0].amount - charge).abs() < 1e-15);
+    assert_eq!(v["protection"]["dp"]["reused"], false);
+    // The same question, written differently: the identical release, free.
+    let again = s
+        .query("dp-uji", "select kode_kec, count(*) as n, avg(umur(tanggal_lahir)) as rata from penduduk group by kode_kec order by 1")
+        .await;
+    let w: Value = again.json().await.unwrap();
+    assert_eq!(w["protection"]["dp"]["reused"], true);
+    let sorted = |x: &Value| {
+        let mut rows: Vec<String> = x["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        rows.sort();
+        rows
+    };
+    assert_eq!(sorted(&w), sorted(&v));
+    assert_eq!(s.state().store.ledger_rows("dp-uji").unwrap().len(), 1);
+    let c2: Value = cost(sql).await.json().await.unwrap();
+    assert_eq!(c2["would_reuse"], true);
+    assert_eq!(c2["charge"], 0.0);
+    // Cell-key cost: no charge, the ptable's bound.
+    let r = s
+        .http
+        .post(s.url("/v1/query/cost"))
+        .bearer_auth(token("uji"))
+        .json(&json!({ "sql": COUNT_BY_KEC }))
+        .send()
+        .await
+        .unwrap();
+    let c: Value = r.json().await.unwrap();
+    assert_eq!(c["method"], "cell_key");
+    assert_eq!(c["cells"], 12);
+    assert!(c["max_perturbation"].as_u64().unwrap() >= 1);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saved_queries_with_parameters() {
+    let s = Server::standard().await;
+    // Listing: only what the agreement's elements allow.
+    let v: Value = s
+        .get("pendidikan", "/v1/queries")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"usia_sekolah"), "{names:?}");
+    assert!(!names.contains(&"usia_kerja_pendidikan"), "{names:?}");
+    let usia = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "usia_sekolah")
+        .unwrap();
+    assert!(
+        usia["params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "tahun_ajaran")
+    );
+
+    let run = |name: &'static str, params: Value| {
+        let http = s.http.clone();
+        let url = s.url(&format!("/v1/queries/{name}"));
+        async move {
+            http.post(url)
+                .bearer_auth(token("pendidikan"))
+                .json(&params)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = run("usia_sekolah", json!({ "tahun_ajaran": 2026 })).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["columns"],
+        json!([
+            "kode_kel",
+            "jenis_kelamin",
+            "umur",
+            "jenjang",
+            "jumlah",
+            "suppression"
+        ])
+    );
+    let r = run(
+        "usia_sekolah",
+        json!({ "tahun_ajaran": 2026, "kecamatan": "61.71.01" }),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    for (params, param) in [
+        (json!({ "tahun_ajaran": "dua ribu" }), "tahun_ajaran"),
+        (json!({ "tahun_ajaran": 1990 }), "tahun_ajaran"),
+        (
+            json!({ "tahun_ajaran": 2026, "kecamatan": "61.71.99" }),
+            "kecamatan",
+        ),
+        (
+            json!({ "tahun_ajaran": 2026, "kecamatan": "61.71.01'; DROP TABLE x; --" }),
+            "kecamatan",
+        ),
+        (json!({ "tahun": 2026 }), "tahun"),
+    ] {
+        let r = run("usia_sekolah", params.clone()).await;
+        let p = problem(r, 400).await;
+        assert_eq!(p["code"], "invalid_parameter", "{params}");
+        assert_eq!(p["param"], param, "{params}: {p}");
+        assert!(p["detail"].as_str().unwrap().contains(param), "{p}");
+    }
+    // A kecamatan outside the scope is a region refusal, not a parameter error.
+    let r = run(
+        "usia_sekolah",
+        json!({ "tahun_ajaran": 2026, "kecamatan": "61.72.01" }),
+    )
+    .await;
+    assert_eq!(problem(r, 403).await["code"], "region_not_permitted");
+    // No back door: a saved query needing unpermitted elements is refused.
+    let r = run("usia_kerja_pendidikan", json!({})).await;
+    assert_eq!(problem(r, 403).await["code"], "element_not_permitted");
+    // Saved queries go through the same protection: DP agreement is charged.
+    let r = s
+        .http
+        .post(s.url("/v1/queries/piramida_penduduk"))
+        .bearer_auth(token("dp-uji"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["protection"]["method"], "dp");
+    assert_eq!(s.state().store.ledger_rows("dp-uji").unwrap().len(), 1);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_endpoints_metrics_and_openapi() {
+    let s = Server::standard().await;
+    let v: Value = s.get("uji", "/v1/snapshots").await.json().await.unwrap();
+    let ids: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["dkb-2026-s1"],
+        "a trial agreement sees synthetic snapshots only"
+    );
+    let v: Value = s
+        .get("produksi", "/v1/snapshots")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v[0]["id"], "dkb-2026-s1-prod");
+    let b: Value = s.get("uji", "/v1/budget").await.json().await.unwrap();
+    assert_eq!(b["method"], "cell_key");
+    let c: Value = s
+        .get("pendidikan", "/v1/catalog")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let jk = c["elements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "jenis_kelamin")
+        .unwrap();
+    assert_eq!(jk["values"], json!(["LAKI-LAKI", "PEREMPUAN"]));
+    assert!(c["regions"].as_array().unwrap().len() > 30);
+
+    assert_eq!(
+        s.http.get(s.url("/healthz")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        s.http.get(s.url("/readyz")).send().await.unwrap().status(),
+        200
+    );
+    let _ = s
+        .query("uji", "SELECT no_kk, COUNT(*) FROM penduduk GROUP BY 1")
+        .await;
+    let m = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("agregat_requests_total{route=\"/v1/snapshots\",status=\"200\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("agregat_rejections_total{code=\"identifier_in_group_by\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("agregat_request_duration_seconds_bucket{route=\"/v1/query\""),
+        "{m}"
+    );
+    assert!(
+        m.contains("agregat_budget_spent{agreement=\"dp-uji\",period=\"2026-S2\"} 0"),
+        "{m}"
+    );
+
+    // The spec lists exactly the served routes.
+    let spec: Value = s
+        .http
+        .get(s.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut in_spec: Vec<(String, String)> = Vec::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            in_spec.push((method.clone(), path.clone()));
+        }
+    }
+    in_spec.sort();
+    let mut served: Vec<(String, String)> = agregat::service::api::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    served.sort();
+    assert_eq!(in_spec, served);
+    assert!(spec["components"]["schemas"]["Problem"].is_object());
+    assert!(spec["components"]["securitySchemes"]["bearer"].is_object());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_reloads_on_change_and_keeps_the_old_one_when_invalid() {
+    let s = Server::standard().await;
+    let dir = s.env.policy_dir();
+    // A new token minted while the service runs starts to work.
+    let (new_token, _, _) = agregat::policy::add_token(
+        &dir,
+        "uji",
+        chrono::NaiveDate::from_ymd_opt(2026, 11, 28).unwrap(),
+    )
+    .unwrap();
+    let works = |t: String| {
+        let http = s.http.clone();
+        let url = s.url("/v1/budget");
+        async move {
+            http.get(url)
+                .bearer_auth(t)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let mut ok = false;
+    for _ in 0..50 {
+        if works(new_token.clone()).await == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the new token never started to work");
+    // An invalid file: the old policy stays in force.
+    std::fs::write(
+        dir.join("rusak.toml"),
+        "id = \"rusak\"\npermitted_elements = [\"sidik_jari\"]\n",
+    )
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(works(new_token.clone()).await, 200);
+    assert_eq!(works(token("uji")).await, 200);
+    // Revocation: remove the agreement's file (with a valid directory again).
+    std::fs::remove_file(dir.join("rusak.toml")).unwrap();
+    std::fs::remove_file(dir.join("lambat.toml")).unwrap();
+    let mut revoked = false;
+    for _ in 0..50 {
+        if works(token("lambat")).await == 401 {
+            revoked = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(revoked, "a removed agreement's token still works");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_answers_and_audits_in_flight_requests() {
+    let s = Server::standard().await;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let http = s.http.clone();
+        let url = s.url("/v1/query");
+        tasks.push(tokio::spawn(async move {
+            let sql = format!(
+                "SELECT kode_kel, jenis_kelamin, COUNT(*) FROM penduduk WHERE umur(tanggal_lahir) >= {i} GROUP BY 1, 2"
+            );
+            http.post(url)
+                .bearer_auth(token("uji"))
+                .json(&json!({ "sql": sql }))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let state = std::sync::Arc::clone(s.state());
+    s.stop().await;
+    let mut answered = 0;
+    for t in tasks {
+        if let Ok(status) = t.await.unwrap() {
+            assert_eq!(status, 200);
+            answered += 1;
+        }
+    }
+    let entries = state.store.entries(None, None).unwrap();
+    assert_eq!(entries.len(), answered, "every answered request is audited");
+    assert!(state.store.verify().unwrap().is_ok());
+}
+
+#[test]
+fn standard_agreements_are_valid_policy() {
+    let env = common::server::Env::new(&standard_agreements());
+    let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
+    let p = agregat::policy::Policy::load_dir(&env.policy_dir(), today).unwrap();
+    assert_eq!(p.agreements().count(), standard_agreements().len());
+    let _ = Pks::default();
+}

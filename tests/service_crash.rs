@@ -1,0 +1,202 @@
+//! The state survives the worst: the `agregat serve` process killed with
+//! SIGKILL in the middle of DP requests, and an audit row altered on disk.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use agregat::state::{LedgerState, Outcome, SqliteStore, StateStore};
+use common::server::{Env, Pks, Server, standard_agreements, token};
+use serde_json::json;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_agregat")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_request_leaves_no_release_without_a_ledger_entry() {
+    let mut agreements = standard_agreements();
+    agreements.push(Pks {
+        id: "dpbesar",
+        protection: "method = \"dp\"\nrho = 0.01\nbudget_per_period = 10.0\n",
+        ..Pks::default()
+    });
+    let mut env = Env::new(&agreements);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    env.config.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = env.write_config();
+    let mut child = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut ready = false;
+    for _ in 0..300 {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status() == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "server did not become ready");
+
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let http = http.clone();
+        let url = format!("{base}/v1/query");
+        tasks.push(tokio::spawn(async move {
+            let sql = format!(
+                "SELECT kode_kel, jenis_kelamin, COUNT(*) AS n FROM penduduk WHERE umur(tanggal_lahir) >= {} GROUP BY 1, 2",
+                i % 100
+            );
+            let r = http
+                .post(url)
+                .bearer_auth(token("dpbesar"))
+                .json(&json!({ "sql": sql }))
+                .send()
+                .await
+                .ok()?;
+            let id = r.headers().get("x-request-id")?.to_str().ok()?.to_string();
+            let status = r.status().as_u16();
+            let body = r.bytes().await.ok()?;
+            Some((status, id, body.len()))
+        }));
+    }
+    // Kill as soon as the first release is out, with the rest in flight.
+    let first = loop {
+        if let Some(i) = tasks.iter().position(|t| t.is_finished()) {
+            break i;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let mut released = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        if let Some((status, id, len)) = t.await.unwrap() {
+            if status == 200 && len > 0 {
+                released.push(id);
+            }
+        } else {
+            assert_ne!(i, first, "the first finished request got an answer");
+        }
+    }
+    assert!(!released.is_empty());
+    assert!(
+        released.len() < 40,
+        "the kill came after everything finished; no test"
+    );
+
+    let store = SqliteStore::open(env.config.state_file()).unwrap();
+    let chain = store.verify().unwrap();
+    assert!(chain.is_ok(), "{:?}", chain.first_broken);
+    let ledger = store.ledger_rows("dpbesar").unwrap();
+    let entries = store.entries(None, None).unwrap();
+    // Every release the client received: audited as accepted and charged
+    // by a committed ledger row with the same request id.
+    for id in &released {
+        assert!(
+            ledger
+                .iter()
+                .any(|r| &r.request_id == id && r.state == LedgerState::Committed),
+            "release {id} has no committed ledger row"
+        );
+        assert!(
+            entries
+                .iter()
+                .any(|e| e.entry.request_id.as_deref() == Some(id.as_str())
+                    && e.entry.outcome == Outcome::Accepted),
+            "release {id} has no audit entry"
+        );
+    }
+    // Every accepted, charged entry has its committed row; a pending row
+    // (crash before commit) stays charged and has no accepted entry.
+    for e in entries
+        .iter()
+        .filter(|e| e.entry.outcome == Outcome::Accepted)
+    {
+        let id = e.entry.request_id.as_deref().unwrap();
+        assert!(
+            ledger
+                .iter()
+                .any(|r| r.request_id == id && r.state == LedgerState::Committed),
+            "audited release {id} not in the ledger"
+        );
+    }
+    for r in ledger.iter().filter(|r| r.state == LedgerState::Pending) {
+        assert!(
+            !entries.iter().any(
+                |e| e.entry.request_id.as_deref() == Some(r.request_id.as_str())
+                    && e.entry.outcome == Outcome::Accepted
+            ),
+            "pending reservation {} was released",
+            r.request_id
+        );
+    }
+    let charged: f64 = ledger.iter().map(|r| r.amount).sum();
+    let audited: f64 = entries.iter().filter_map(|e| e.entry.privacy_loss).sum();
+    assert!(
+        charged + 1e-12 >= audited,
+        "ledger {charged} < audited {audited}"
+    );
+    drop(store);
+
+    // The service starts again on the same state and counts pending rows.
+    let s = Server::start(env).await;
+    let b: serde_json::Value = s.get("dpbesar", "/v1/budget").await.json().await.unwrap();
+    assert!((b["spent"].as_f64().unwrap() - charged).abs() < 1e-9, "{b}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_audit_row_is_detected_and_named() {
+    let s = Server::standard().await;
+    for _ in 0..4 {
+        assert_eq!(
+            s.query("uji", "SELECT kode_kec, COUNT(*) FROM penduduk GROUP BY 1")
+                .await
+                .status(),
+            200
+        );
+    }
+    let env = s.stop().await;
+    let state_dir = env.config.state.clone();
+    let ok = Command::new(bin())
+        .args(["audit", "verify", "--state"])
+        .arg(&state_dir)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("4 entries"));
+
+    // Someone with the file hides a release: triggers dropped, row altered.
+    let conn = rusqlite::Connection::open(env.config.state_file()).unwrap();
+    conn.execute_batch(
+        "DROP TRIGGER audit_log_no_update; UPDATE audit_log SET bytes_out = 0, result_hash = NULL WHERE seq = 3;",
+    )
+    .unwrap();
+    drop(conn);
+    let bad = Command::new(bin())
+        .args(["audit", "verify", "--state"])
+        .arg(&state_dir)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("entry 3"), "{err}");
+    assert!(err.contains("altered"), "{err}");
+}
