@@ -791,6 +791,35 @@ async fn policy_reloads_on_change_and_keeps_the_old_one_when_invalid() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(revoked, "a removed agreement's token still works");
+    // Narrowing an agreement takes effect at once, also for questions
+    // answered before (the response cache is keyed by the policy).
+    let sql = "SELECT agama, COUNT(*) FROM penduduk GROUP BY 1";
+    assert_eq!(s.query("uji", sql).await.status(), 200);
+    assert_eq!(s.query("uji", sql).await.status(), 200);
+    let narrowed = Pks {
+        elements: &["jenis_kelamin", "kode_kec"],
+        ..Pks::default()
+    };
+    // Keep the minted token: rewrite the file with it appended.
+    let old = std::fs::read_to_string(dir.join("uji.toml")).unwrap();
+    let minted = &old[old.rfind("[[token]]").unwrap()..];
+    std::fs::write(
+        dir.join("uji.toml"),
+        format!("{}\n{minted}", narrowed.toml()),
+    )
+    .unwrap();
+    let mut refused = false;
+    for _ in 0..50 {
+        if s.query("uji", sql).await.status() == 403 {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        refused,
+        "a narrowed agreement still answers with the removed element"
+    );
     s.stop().await;
 }
 
@@ -826,6 +855,81 @@ async fn graceful_stop_answers_and_audits_in_flight_requests() {
     let entries = state.store.entries(None, None).unwrap();
     assert_eq!(entries.len(), answered, "every answered request is audited");
     assert!(state.store.verify().unwrap().is_ok());
+}
+
+/// The interpreter with pyarrow and polars (`$AGREGAT_PYTHON`, set by .ci/run).
+fn python() -> Option<String> {
+    let candidates: Vec<String> = std::env::var("AGREGAT_PYTHON")
+        .ok()
+        .into_iter()
+        .chain(["python3".to_string()])
+        .collect();
+    candidates.into_iter().find(|p| {
+        std::process::Command::new(p)
+            .args(["-c", "import pyarrow, polars"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_download_opens_in_pyarrow_and_polars_with_its_metadata() {
+    let Some(py) = python() else {
+        eprintln!(
+            "SKIPPED: no Python with pyarrow and polars (set AGREGAT_PYTHON; .ci/run installs them)"
+        );
+        return;
+    };
+    let s = Server::standard().await;
+    let dir = tempfile::tempdir().unwrap();
+    for (id, name) in [("uji", "cellkey.parquet"), ("dp-uji", "dp.parquet")] {
+        let r = s
+            .http
+            .post(s.url("/v1/query?format=parquet"))
+            .bearer_auth(token(id))
+            .json(&json!({ "sql": "SELECT kode_kec, jenis_kelamin, COUNT(*) AS jumlah FROM penduduk GROUP BY 1, 2" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            r.headers()["content-disposition"]
+                .to_str()
+                .unwrap()
+                .contains(".parquet")
+        );
+        std::fs::write(dir.path().join(name), r.bytes().await.unwrap()).unwrap();
+    }
+    let script = r#"
+import json, sys, pyarrow.parquet as pq, polars as pl
+for name, method in [("cellkey.parquet", "cell_key"), ("dp.parquet", "dp")]:
+    path = sys.argv[1] + "/" + name
+    t = pq.read_table(path)
+    meta = json.loads(t.schema.metadata[b"agregat.protection"])
+    assert meta["method"] == method, meta
+    assert t.column_names == ["kode_kec", "jenis_kelamin", "jumlah", "suppression"], t.column_names
+    df = pl.read_parquet(path)
+    assert df.height == 12, df
+    assert df["jumlah"].drop_nulls().min() >= 0
+    kv = pq.ParquetFile(path).metadata.metadata
+    assert json.loads(kv[b"agregat.protection"])["method"] == method
+    if method == "dp":
+        assert meta["dp"]["budget"]["measure"] == "z_cdp", meta
+        assert all(c["margin_of_error_95"] > 0 for c in meta["dp"]["columns"].values())
+print("ok")
+"#;
+    let out = std::process::Command::new(&py)
+        .args(["-c", script])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.stop().await;
 }
 
 #[test]

@@ -26,6 +26,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use super::audit::{self, Draft};
 use super::auth::{Caller, Credentials, admit};
+use super::cache::{CachedRelease, ResponseCache};
 use super::problem::{ApiError, Problem};
 use super::{AppState, ClientAddr};
 use crate::catalog::{self, ColumnClass, Domain, RegionScope};
@@ -525,33 +526,100 @@ fn record(draft: &mut Draft, table: &ProtectedTable, cells: usize) {
 }
 
 /// Encodes a release in the negotiated format.
-fn encode_release(
-    table: &ProtectedTable,
-    format: Format,
-    draft: &mut Draft,
-) -> Result<Response, ApiError> {
-    let bytes = output::encode(table, format).map_err(|e| ApiError::internal("encoding", e))?;
-    draft.released(&bytes);
-    let (ctype, ext) = match format {
+/// Media type and file extension of a format.
+fn media(format: Format) -> (&'static str, &'static str) {
+    match format {
         Format::Csv => ("text/csv; charset=utf-8", "csv"),
         Format::Parquet => (PARQUET, "parquet"),
         Format::Json | Format::Table => ("application/json", "json"),
-    };
-    let mut resp = ([(header::CONTENT_TYPE, ctype)], bytes).into_response();
+    }
+}
+
+/// The download response for released bytes.
+fn release_response(
+    body: axum::body::Bytes,
+    format: Format,
+    protection: Option<&str>,
+    request_id: &str,
+) -> Response {
+    let (ctype, ext) = media(format);
+    let mut resp = ([(header::CONTENT_TYPE, ctype)], body).into_response();
     let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "attachment; filename=\"agregat-{}.{ext}\"",
-        draft.request_id
-    )) && format != Format::Json
+    if format != Format::Json
+        && let Ok(v) = HeaderValue::from_str(&format!(
+            "attachment; filename=\"agregat-{request_id}.{ext}\""
+        ))
     {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
-    if let Ok(meta) = serde_json::to_string(table.metadata())
-        && let Ok(v) = HeaderValue::from_str(&meta)
-    {
+    if let Some(v) = protection.and_then(|p| HeaderValue::from_str(p).ok()) {
         h.insert("x-agregat-protection", v);
     }
-    Ok(resp)
+    resp
+}
+
+/// Answers one SQL question: from the response cache (cell-key repeats)
+/// or through [`release`], then encodes it.
+async fn answer(
+    state: &Shared,
+    caller: &Caller,
+    engine: &Engine,
+    sql: &str,
+    format: Format,
+    draft: &mut Draft,
+) -> Result<Response, ApiError> {
+    let cacheable = matches!(
+        caller.pks.agreement.protection.method,
+        Method::CellKey { .. }
+    );
+    let key = ResponseCache::key(
+        state.policy().content_sha256(),
+        caller.pks.id(),
+        engine.snapshot().id(),
+        format,
+        sql,
+    );
+    if cacheable && let Some(hit) = state.responses.get(&key) {
+        draft.snapshot = Some(hit.snapshot.clone());
+        draft.plan_fingerprint = hit.plan_fingerprint.clone();
+        draft.elements = hit.elements.clone();
+        draft.cells = hit.cells;
+        draft.suppressed_cells = hit.suppressed_cells;
+        draft.bytes_out = hit.body.len() as u64;
+        draft.result_hash = Some(hit.body_sha256.clone());
+        return Ok(release_response(
+            hit.body.clone(),
+            format,
+            hit.protection.as_deref(),
+            &draft.request_id,
+        ));
+    }
+    let table = release(state, caller, engine, sql, draft).await?;
+    let bytes = output::encode(&table, format).map_err(|e| ApiError::internal("encoding", e))?;
+    draft.released(&bytes);
+    let protection = serde_json::to_string(table.metadata()).ok();
+    let body = axum::body::Bytes::from(bytes);
+    if cacheable {
+        state.responses.put(
+            key,
+            CachedRelease {
+                body: body.clone(),
+                body_sha256: draft.result_hash.clone().unwrap_or_default(),
+                protection: protection.clone(),
+                cells: draft.cells,
+                suppressed_cells: draft.suppressed_cells,
+                plan_fingerprint: draft.plan_fingerprint.clone(),
+                elements: draft.elements.clone(),
+                snapshot: engine.snapshot().id().to_string(),
+            },
+        );
+    }
+    Ok(release_response(
+        body,
+        format,
+        protection.as_deref(),
+        &draft.request_id,
+    ))
 }
 
 fn client(addr: &ClientAddr) -> Option<String> {
@@ -601,8 +669,7 @@ async fn query(
         )?;
         draft.sql = Some(req.sql.clone());
         let engine = choose_snapshot(&state, &caller, req.snapshot.as_deref())?;
-        let table = release(&state, &caller, &engine, &req.sql, &mut draft).await?;
-        encode_release(&table, format, &mut draft)
+        answer(&state, &caller, &engine, &req.sql, format, &mut draft).await
     }
     .await;
     audit::finish(&state, draft, result).await
@@ -900,8 +967,7 @@ async fn run_saved(
         let sql = saved.render(&params)?;
         draft.sql = Some(sql.clone());
         let engine = choose_snapshot(&state, &caller, None)?;
-        let table = release(&state, &caller, &engine, &sql, &mut draft).await?;
-        encode_release(&table, format, &mut draft)
+        answer(&state, &caller, &engine, &sql, format, &mut draft).await
     }
     .await;
     audit::finish(&state, draft, result).await

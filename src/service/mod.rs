@@ -11,6 +11,7 @@
 //!    reserved in the ledger, the query executed and protected
 //!    ([`crate::protect`]), the ledger committed, and the release encoded
 //!    ([`crate::output`]);
+//!    cell-key repeats come from the response cache ([`cache`]);
 //! 3. [`audit`]: one audit entry per request, accepted, rejected or failed,
 //!    appended to the hash chain **before** the response leaves; if the
 //!    append fails, nothing is released (503).
@@ -23,6 +24,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod metrics;
 pub mod problem;
@@ -148,6 +150,8 @@ pub struct AppState {
     ids: audit::RequestIds,
     /// Queries executing at once.
     pub query_slots: tokio::sync::Semaphore,
+    /// Encoded cell-key releases by question.
+    pub responses: cache::ResponseCache,
 }
 
 impl AppState {
@@ -214,6 +218,7 @@ impl AppState {
             clock,
             ids: audit::RequestIds::new(),
             query_slots: tokio::sync::Semaphore::new(slots),
+            responses: cache::ResponseCache::default(),
         })
     }
 

@@ -232,7 +232,12 @@ pub struct Server {
 
 impl Server {
     pub async fn start(env: Env) -> Server {
-        let clock = Arc::new(ManualClock::new(default_time()));
+        Server::start_at(env, default_time()).await
+    }
+
+    /// With the clock set to `now` (the policy is loaded as of that day).
+    pub async fn start_at(env: Env, now: DateTime<Utc>) -> Server {
+        let clock = Arc::new(ManualClock::new(now));
         let state = AppState::open(env.config.clone(), clock.clone())
             .await
             .expect("service starts");

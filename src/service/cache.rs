@@ -1,0 +1,130 @@
+//! The response cache for cell-key releases.
+//!
+//! A cell-key release is a deterministic function of the agreement (its
+//! elements, scope and protection), the snapshot and the SQL text: the
+//! same question always gets the same protected answer. Repeats (the
+//! education office's saved query, a dashboard refreshing) are therefore
+//! served from encoded bytes, skipping planning, validation, execution and
+//! encoding. Authentication, validity, stage, rate limit and the audit
+//! entry still happen for every request.
+//!
+//! The key covers the policy's content hash, so any change to any
+//! agreement file (elements narrowed, scope changed, ptable replaced)
+//! invalidates every entry. DP releases are not cached here: the engine's
+//! release cache already returns a repeat free of charge, with metadata
+//! that says so.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::output::Format;
+
+/// Entries kept before the cache is cleared.
+const MAX_ENTRIES: usize = 2048;
+/// Bytes kept before the cache is cleared.
+const MAX_BYTES: usize = 256 << 20;
+
+/// One encoded release and what its audit entry needs.
+pub struct CachedRelease {
+    pub body: Bytes,
+    pub body_sha256: String,
+    pub protection: Option<String>,
+    pub cells: u64,
+    pub suppressed_cells: u64,
+    pub plan_fingerprint: Option<String>,
+    pub elements: Vec<String>,
+    pub snapshot: String,
+}
+
+#[derive(Default)]
+pub struct ResponseCache {
+    inner: Mutex<(HashMap<String, Arc<CachedRelease>>, usize)>,
+}
+
+impl ResponseCache {
+    /// The key of a question: policy content, agreement, snapshot, format
+    /// and the exact SQL text.
+    pub fn key(
+        policy_sha256: &str,
+        agreement: &str,
+        snapshot: &str,
+        format: Format,
+        sql: &str,
+    ) -> String {
+        let mut h = Sha256::new();
+        for part in [
+            policy_sha256,
+            agreement,
+            snapshot,
+            &format!("{format:?}"),
+            sql,
+        ] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
+
+    pub fn get(&self, key: &str) -> Option<Arc<CachedRelease>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .get(key)
+            .cloned()
+    }
+
+    pub fn put(&self, key: String, value: CachedRelease) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let size = value.body.len();
+        if size > MAX_BYTES / 16 {
+            return;
+        }
+        if g.0.len() >= MAX_ENTRIES || g.1 + size > MAX_BYTES {
+            g.0.clear();
+            g.1 = 0;
+        }
+        g.1 += size;
+        g.0.insert(key, Arc::new(value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_separate_every_part() {
+        let k = |p, a, s, f, q| ResponseCache::key(p, a, s, f, q);
+        let base = k("p", "a", "s", Format::Json, "q");
+        assert_ne!(base, k("p2", "a", "s", Format::Json, "q"));
+        assert_ne!(base, k("p", "a2", "s", Format::Json, "q"));
+        assert_ne!(base, k("p", "a", "s2", Format::Json, "q"));
+        assert_ne!(base, k("p", "a", "s", Format::Csv, "q"));
+        assert_ne!(base, k("p", "a", "s", Format::Json, "q "));
+        // Length prefixes: shifting text between parts changes the key.
+        assert_ne!(
+            k("ab", "c", "s", Format::Json, "q"),
+            k("a", "bc", "s", Format::Json, "q")
+        );
+        let c = ResponseCache::default();
+        c.put(
+            base.clone(),
+            CachedRelease {
+                body: Bytes::from_static(b"x"),
+                body_sha256: String::new(),
+                protection: None,
+                cells: 1,
+                suppressed_cells: 0,
+                plan_fingerprint: None,
+                elements: vec![],
+                snapshot: "s".into(),
+            },
+        );
+        assert_eq!(c.get(&base).unwrap().cells, 1);
+        assert!(c.get("other").is_none());
+    }
+}
