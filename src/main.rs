@@ -554,7 +554,7 @@ fn audit_report(
         ledger.extend(store.ledger_rows(id)?);
     }
     let as_of = as_of.unwrap_or_else(|| agregat::service::SystemClock.today());
-    let r = report::build(&ReportInput {
+    let mut r = report::build(&ReportInput {
         from,
         to,
         as_of,
@@ -564,6 +564,9 @@ fn audit_report(
         agreements: &agreements,
         ledger: &ledger,
     });
+    r.generated_at = (chrono::Utc::now() + chrono::Duration::hours(7))
+        .format("%Y-%m-%d %H:%M WIB")
+        .to_string();
     if !r.chain.ok {
         eprintln!("WARNING: {}", r.chain.message);
     }

@@ -158,6 +158,78 @@ async fn kill_9_mid_request_leaves_no_release_without_a_ledger_entry() {
     s.stop().await;
 }
 
+/// Starts `agregat serve` on a free port with the environment's config.
+async fn spawn_server(env: &mut Env) -> (std::process::Child, String) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    env.config.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = env.write_config();
+    let child = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..300 {
+        if let Ok(r) = reqwest::get(format!("{base}/readyz")).await
+            && r.status() == 200
+        {
+            return (child, base);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("server did not become ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_requests_and_loses_no_audit_entry() {
+    let mut env = Env::new(&standard_agreements());
+    let (mut child, base) = spawn_server(&mut env).await;
+    let http = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let http = http.clone();
+        let url = format!("{base}/v1/query");
+        tasks.push(tokio::spawn(async move {
+            let sql = format!(
+                "SELECT kode_kel, jenis_kelamin, COUNT(*) FROM penduduk WHERE umur(tanggal_lahir) >= {i} GROUP BY 1, 2"
+            );
+            let r = http.post(url).bearer_auth(token("uji")).json(&json!({ "sql": sql })).send().await.ok()?;
+            Some(r.status().as_u16())
+        }));
+    }
+    while !tasks.iter().any(|t| t.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "serve exited with {status} after SIGTERM");
+    let mut answered = 0;
+    for t in tasks {
+        if let Some(code) = t.await.unwrap() {
+            assert_eq!(code, 200);
+            answered += 1;
+        }
+    }
+    let store = SqliteStore::open(env.config.state_file()).unwrap();
+    let entries = store.entries(None, None).unwrap();
+    assert!(answered > 0);
+    assert_eq!(
+        entries.len(),
+        answered,
+        "an answered request has no audit entry, or vice versa"
+    );
+    assert!(store.verify().unwrap().is_ok());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_audit_row_is_detected_and_named() {
     let s = Server::standard().await;
