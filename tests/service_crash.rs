@@ -23,32 +23,8 @@ async fn kill_9_mid_request_leaves_no_release_without_a_ledger_entry() {
         ..Pks::default()
     });
     let mut env = Env::new(&agreements);
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    env.config.listen = format!("127.0.0.1:{port}").parse().unwrap();
-    let config = env.write_config();
-    let mut child = Command::new(bin())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let (mut child, base) = spawn_server(&mut env).await;
     let http = reqwest::Client::new();
-    let mut ready = false;
-    for _ in 0..300 {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
-            && r.status() == 200
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "server did not become ready");
 
     let mut tasks = Vec::new();
     for i in 0..40 {
@@ -166,7 +142,7 @@ async fn spawn_server(env: &mut Env) -> (std::process::Child, String) {
     };
     env.config.listen = format!("127.0.0.1:{port}").parse().unwrap();
     let config = env.write_config();
-    let child = Command::new(bin())
+    let mut child = Command::new(bin())
         .args(["serve", "--config"])
         .arg(&config)
         .stdout(Stdio::null())
@@ -182,6 +158,8 @@ async fn spawn_server(env: &mut Env) -> (std::process::Child, String) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("server did not become ready");
 }
 
