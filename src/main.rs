@@ -493,25 +493,6 @@ fn serve_config(args: ServeArgs) -> Result<agregat::service::ServiceConfig, agre
     Ok(c)
 }
 
-/// What the report needs to know about one agreement.
-fn agreement_info(p: &agregat::policy::Pks) -> agregat::report::AgreementInfo {
-    agregat::report::AgreementInfo {
-        id: p.id().to_string(),
-        institution: p.institution.clone(),
-        pks_number: p.pks_number.clone(),
-        stage: p.stage.to_string(),
-        valid_from: p.valid_from,
-        valid_until: p.valid_until,
-        permitted_elements: p.agreement.permitted.iter().cloned().collect(),
-        minister_permission: p.agreement.minister_permission.iter().cloned().collect(),
-        method: match p.agreement.protection.method {
-            agregat::protect::Method::CellKey { .. } => "cell_key".into(),
-            agregat::protect::Method::Dp { .. } => "dp".into(),
-        },
-        budget_per_period: p.budget_per_period,
-    }
-}
-
 /// Builds the monitoring report from the state database and the policy.
 fn audit_report(
     from: chrono::NaiveDate,
@@ -522,9 +503,8 @@ fn audit_report(
     policy: &std::path::Path,
     as_of: Option<chrono::NaiveDate>,
 ) -> Result<Vec<u8>, agregat::Error> {
-    use agregat::report::{self, AgreementInfo, ReportInput};
+    use agregat::report;
     use agregat::service::Clock;
-    use agregat::state::StateStore;
     let format: report::Format = format.parse().map_err(agregat::Error::Report)?;
     if to < from {
         return Err(agregat::Error::Usage(format!(
@@ -539,31 +519,12 @@ fn audit_report(
         )));
     }
     let store = agregat::state::SqliteStore::open(&file)?;
-    let chain = store.verify()?;
-    let (lo, hi) = report::window_bounds(from, to);
-    let records = store.entries(Some(&lo), Some(&hi))?;
     // Expired agreements belong in the report: validate everything except
     // expiry (the report flags it itself).
     let policy = agregat::policy::Policy::load_dir(policy, chrono::NaiveDate::MIN)?;
-    let agreements: Vec<AgreementInfo> = policy.agreements().map(|p| agreement_info(p)).collect();
-    let mut ids: std::collections::BTreeSet<String> =
-        agreements.iter().map(|a| a.id.clone()).collect();
-    ids.extend(records.iter().map(|r| r.entry.agreement.clone()));
-    let mut ledger = Vec::new();
-    for id in &ids {
-        ledger.extend(store.ledger_rows(id)?);
-    }
     let as_of = as_of.unwrap_or_else(|| agregat::service::SystemClock.today());
-    let mut r = report::build(&ReportInput {
-        from,
-        to,
-        as_of,
-        agreement_filter: agreement.as_deref(),
-        chain: &chain,
-        records: &records,
-        agreements: &agreements,
-        ledger: &ledger,
-    });
+    let mut r =
+        report::collect::from_state(&store, &policy, from, to, agreement.as_deref(), as_of)?;
     r.generated_at = (chrono::Utc::now() + chrono::Duration::hours(7))
         .format("%Y-%m-%d %H:%M WIB")
         .to_string();

@@ -101,6 +101,7 @@
 //!
 //! The same rules are printed as footnotes in every format ([`Report::rules`]).
 
+pub mod collect;
 mod csv_long;
 mod detect;
 mod doc;
