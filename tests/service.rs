@@ -525,6 +525,32 @@ async fn dp_cost_is_a_dry_run_and_repeats_are_free() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dp_repeat_after_a_restart_is_the_same_release_and_free() {
+    let s = Server::standard().await;
+    let sql = "SELECT kode_kec, jenis_kelamin, COUNT(*) AS n FROM penduduk GROUP BY 1, 2";
+    let first: Value = s.query("dp-uji", sql).await.json().await.unwrap();
+    assert_eq!(first["protection"]["dp"]["reused"], false);
+    let env = s.stop().await;
+    let s = Server::start(env).await;
+    let r = s.query("dp-uji", sql).await;
+    assert_eq!(r.status(), 200);
+    let again: Value = r.json().await.unwrap();
+    assert_eq!(again["protection"]["dp"]["reused"], true);
+    assert_eq!(
+        again["rows"], first["rows"],
+        "a fresh noisy release after a restart"
+    );
+    assert_eq!(
+        s.state().store.ledger_rows("dp-uji").unwrap().len(),
+        1,
+        "charged twice"
+    );
+    let last = audit(&s).pop().unwrap();
+    assert_eq!(last.entry.privacy_loss, Some(0.0));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saved_queries_with_parameters() {
     let s = Server::standard().await;
     // Listing: only what the agreement's elements allow.

@@ -109,9 +109,9 @@ impl Default for Protection {
 }
 
 /// How a release was protected, carried in JSON and Parquet metadata.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ReleaseMetadata {
-    pub method: &'static str,
+    pub method: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ptable: Option<PtableInfo>,
     pub k: u64,
@@ -127,7 +127,7 @@ pub struct ReleaseMetadata {
     pub catatan: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PtableInfo {
     pub name: String,
     pub sha256: String,
@@ -137,7 +137,7 @@ pub struct PtableInfo {
     pub keys: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct DpInfo {
     pub budget: DpBudget,
     /// Privacy loss charged, as OpenDP's maps returned it (summed).
@@ -150,7 +150,7 @@ pub struct DpInfo {
     pub reused: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct DpColumn {
     pub scale: f64,
     pub margin_of_error_95: f64,
@@ -186,6 +186,52 @@ impl ProtectedTable {
     pub fn num_rows(&self) -> usize {
         self.batches.iter().map(RecordBatch::num_rows).sum()
     }
+    /// The release as bytes for the durable release cache: the metadata
+    /// (JSON, length-prefixed) and the table (Arrow IPC stream).
+    pub(crate) fn to_bytes(&self) -> Result<Vec<u8>, datafusion::arrow::error::ArrowError> {
+        use datafusion::arrow::ipc::writer::StreamWriter;
+        let meta = serde_json::to_vec(&self.metadata)
+            .map_err(|e| datafusion::arrow::error::ArrowError::ExternalError(Box::new(e)))?;
+        let mut out = Vec::with_capacity(meta.len() + 4096);
+        out.extend_from_slice(&(meta.len() as u64).to_le_bytes());
+        out.extend_from_slice(&meta);
+        let mut w = StreamWriter::try_new(&mut out, &self.schema)?;
+        for b in &self.batches {
+            w.write(b)?;
+        }
+        w.finish()?;
+        drop(w);
+        Ok(out)
+    }
+
+    /// A release written by [`ProtectedTable::to_bytes`]. Only bytes this
+    /// process family wrote to its own state database are ever read back:
+    /// they were protected when they were first released.
+    pub(crate) fn from_bytes(
+        bytes: &[u8],
+    ) -> Result<ProtectedTable, datafusion::arrow::error::ArrowError> {
+        use datafusion::arrow::error::ArrowError;
+        use datafusion::arrow::ipc::reader::StreamReader;
+        let bad = |m: &str| ArrowError::ParseError(format!("cached release: {m}"));
+        let len = bytes
+            .get(..8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+            .ok_or_else(|| bad("truncated"))?;
+        let meta = bytes
+            .get(8..8 + len)
+            .ok_or_else(|| bad("truncated metadata"))?;
+        let metadata: ReleaseMetadata =
+            serde_json::from_slice(meta).map_err(|e| bad(&e.to_string()))?;
+        let reader = StreamReader::try_new(std::io::Cursor::new(&bytes[8 + len..]), None)?;
+        let schema = reader.schema();
+        let batches = reader.collect::<Result<Vec<_>, _>>()?;
+        Ok(ProtectedTable {
+            schema,
+            batches,
+            metadata,
+        })
+    }
+
     /// The same release served again: marked reused, nothing new charged.
     pub(crate) fn reused(mut self) -> ProtectedTable {
         if let Some(dp) = self.metadata.dp.as_mut() {
@@ -722,7 +768,7 @@ pub(crate) fn protect(
         schema,
         batches: vec![batch],
         metadata: ReleaseMetadata {
-            method,
+            method: method.to_string(),
             ptable: ptable_info,
             k,
             dp: dp_info,

@@ -37,9 +37,10 @@ use crate::protect::{Method, ProtectedTable, dp_cost};
 use crate::query::validate::AggregateKind;
 use crate::query::{
     Engine, ValidatedPlan, check_query, grid_cells, is_release_cached, plan_fingerprint,
-    run_validated,
+    release_key, run_validated,
 };
 use crate::state::{Reservation, period_of};
+use sha2::Digest;
 
 /// Media type of Parquet downloads.
 pub const PARQUET: &str = "application/vnd.apache.parquet";
@@ -457,6 +458,35 @@ async fn release(
         .map_err(|_| ApiError::Unavailable)?;
     let agreement = &caller.pks.agreement;
     let validated = validate(engine, caller, sql, draft).await?;
+    // DP: a question released before (also before a restart) is answered
+    // with that release, free of charge.
+    let durable_key = match &agreement.protection.method {
+        Method::Dp { .. } => release_key(agreement, &validated).map(|k| {
+            let durable = hex::encode(sha2::Sha256::digest(
+                format!("{}\n{k}", engine.snapshot().id()).as_bytes(),
+            ));
+            (k, durable)
+        }),
+        Method::CellKey { .. } => None,
+    };
+    if let Some((key, durable)) = &durable_key
+        && !is_release_cached(engine, agreement, &validated)
+    {
+        let store = Arc::clone(&state.store);
+        let d = durable.clone();
+        let stored = tokio::task::spawn_blocking(move || store.release_get(&d))
+            .await
+            .map_err(|e| ApiError::internal("release cache", e))??;
+        if let Some(bytes) = stored {
+            match ProtectedTable::from_bytes(&bytes) {
+                Ok(t) => engine.cache_release(key.clone(), t),
+                Err(e) => eprintln!(
+                    "agregat: request {}: stored release unreadable ({e}); answering afresh",
+                    draft.request_id
+                ),
+            }
+        }
+    }
     let reservation = match &agreement.protection.method {
         Method::Dp { budget, .. } if !is_release_cached(engine, agreement, &validated) => {
             let cost = dp_cost(*budget, &validated.aggregates, validated.grouping_sets)
@@ -491,6 +521,27 @@ async fn release(
                 // Commit before anything leaves: if this fails, nothing is
                 // released and the reservation stays charged.
                 settle(state, res, true).await?;
+                // Keep the release for repeats after a restart. A failure
+                // here only means a later repeat is charged again.
+                if let Some((key, durable)) = durable_key
+                    && let Some(bytes) = engine.cached_release(&key).and_then(|t| t.to_bytes().ok())
+                {
+                    let store = Arc::clone(&state.store);
+                    let (a, snap) = (
+                        caller.pks.id().to_string(),
+                        engine.snapshot().id().to_string(),
+                    );
+                    let put = tokio::task::spawn_blocking(move || {
+                        store.release_put(&durable, &a, &snap, &bytes)
+                    })
+                    .await;
+                    if !matches!(put, Ok(Ok(()))) {
+                        eprintln!(
+                            "agregat: request {}: release not stored for repeats",
+                            draft.request_id
+                        );
+                    }
+                }
             }
             record(draft, &r.table, r.cells);
             Ok(r.table)

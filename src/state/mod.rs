@@ -45,6 +45,13 @@
 //! off; [`ChainReport::head_hash`] is there to be published or copied
 //! elsewhere (an anchor) so that truncation shows too.
 //!
+//! # DP release cache
+//!
+//! [`StateStore::release_put`] keeps every DP release under the key of its
+//! question (canonical aggregate plan, snapshot, agreement and its
+//! protection), so that a repeat after a restart still gets the identical
+//! release and is not charged again; the first release for a key wins.
+//!
 //! # Budget ledger
 //!
 //! Differential privacy spends a budget per agreement per six-month period
@@ -129,6 +136,21 @@ pub trait StateStore: Send + Sync {
 
     /// Every ledger row of the agreement, oldest first, for reports.
     fn ledger_rows(&self, agreement: &str) -> Result<Vec<LedgerRow>, StateError>;
+
+    /// A DP release stored under `key` (canonical plan, snapshot,
+    /// agreement and its protection), if any.
+    fn release_get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError>;
+
+    /// Stores a DP release under `key`. The first release for a key wins:
+    /// a later put with the same key is ignored, so every repeat, in this
+    /// process or after a restart, gets the first release.
+    fn release_put(
+        &self,
+        key: &str,
+        agreement: &str,
+        snapshot: &str,
+        release: &[u8],
+    ) -> Result<(), StateError>;
 }
 
 /// How a request ended.

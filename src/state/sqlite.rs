@@ -14,7 +14,8 @@ use std::time::Duration;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Schema migrations; migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE audit_log (
     seq              INTEGER PRIMARY KEY,
     time             TEXT    NOT NULL,
@@ -58,7 +59,17 @@ CREATE TABLE budget_ledger (
     committed_at TEXT,
     UNIQUE (agreement, period, request_id)
 );
-"#];
+"#,
+    r#"
+CREATE TABLE dp_release_cache (
+    key        TEXT PRIMARY KEY,
+    agreement  TEXT NOT NULL,
+    snapshot   TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    release    BLOB NOT NULL
+);
+"#,
+];
 
 const AUDIT_COLUMNS: &str = "seq, time, time_ms, agreement, token_id, endpoint, sql, \
     plan_fingerprint, snapshot, outcome, code, cells, suppressed_cells, privacy_loss, \
@@ -296,6 +307,34 @@ fn ledger_state(conn: &Connection, r: &Reservation) -> Result<Option<String>, St
 }
 
 impl StateStore for SqliteStore {
+    fn release_get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        self.lock()
+            .query_row(
+                "SELECT release FROM dp_release_cache WHERE key = ?1",
+                [key],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sq("reading the release cache"))
+    }
+
+    fn release_put(
+        &self,
+        key: &str,
+        agreement: &str,
+        snapshot: &str,
+        release: &[u8],
+    ) -> Result<(), StateError> {
+        self.lock()
+            .execute(
+                "INSERT OR IGNORE INTO dp_release_cache (key, agreement, snapshot, created_at, release) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![key, agreement, snapshot, now_rfc3339(), release],
+            )
+            .map_err(sq("storing a release"))?;
+        Ok(())
+    }
+
     fn append(&self, entry: AuditEntry) -> Result<AuditRecord, StateError> {
         let time_ms = validate_entry(&entry)?;
         let mut conn = self.lock();
