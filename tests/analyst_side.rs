@@ -5,6 +5,9 @@
 //! installs pyarrow and polars into a venv), else `python3` if it has both
 //! packages; otherwise the test says why it skipped.
 
+mod common;
+
+use common::python;
 use std::path::Path;
 use std::process::Command;
 
@@ -12,20 +15,6 @@ use agregat::agreement::Agreement;
 use agregat::catalog::RegionScope;
 use agregat::query::{Engine, EngineConfig, run_query};
 use agregat::warehouse::{Snapshot, Verify};
-
-fn python() -> Option<String> {
-    let candidates: Vec<String> = std::env::var("AGREGAT_PYTHON")
-        .ok()
-        .into_iter()
-        .chain(["python3".to_string()])
-        .collect();
-    candidates.into_iter().find(|p| {
-        Command::new(p)
-            .args(["-c", "import pyarrow, polars"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
 
 const SCRIPT: &str = r#"
 import json, sys

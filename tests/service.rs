@@ -883,24 +883,9 @@ async fn graceful_stop_answers_and_audits_in_flight_requests() {
     assert!(state.store.verify().unwrap().is_ok());
 }
 
-/// The interpreter with pyarrow and polars (`$AGREGAT_PYTHON`, set by .ci/run).
-fn python() -> Option<String> {
-    let candidates: Vec<String> = std::env::var("AGREGAT_PYTHON")
-        .ok()
-        .into_iter()
-        .chain(["python3".to_string()])
-        .collect();
-    candidates.into_iter().find(|p| {
-        std::process::Command::new(p)
-            .args(["-c", "import pyarrow, polars"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parquet_download_opens_in_pyarrow_and_polars_with_its_metadata() {
-    let Some(py) = python() else {
+    let Some(py) = common::python() else {
         eprintln!(
             "SKIPPED: no Python with pyarrow and polars (set AGREGAT_PYTHON; .ci/run installs them)"
         );

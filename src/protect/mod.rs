@@ -364,13 +364,9 @@ pub struct DpCost {
     pub columns: Vec<DpColumn>,
 }
 
-/// The cost of releasing `aggregates` over `grouping_sets` under `budget`:
-/// the same even split over aggregates (AVG counts twice) as [`protect`].
-pub fn dp_cost(
-    budget: DpBudget,
-    aggregates: &[AggregateKind],
-    grouping_sets: usize,
-) -> Result<DpCost, dp::DpError> {
+/// The per-query budget split evenly over the released aggregates: AVG
+/// (noisy sum / noisy count) takes two shares, GROUPING() none.
+fn budget_share(budget: DpBudget, aggregates: &[AggregateKind]) -> DpBudget {
     let parts: usize = aggregates
         .iter()
         .map(|a| match a {
@@ -380,14 +376,24 @@ pub fn dp_cost(
         })
         .sum::<usize>()
         .max(1);
-    let share = match budget {
+    match budget {
         DpBudget::ZCdp { rho } => DpBudget::ZCdp {
             rho: rho / parts as f64,
         },
         DpBudget::PureDp { epsilon } => DpBudget::PureDp {
             epsilon: epsilon / parts as f64,
         },
-    };
+    }
+}
+
+/// The cost of releasing `aggregates` over `grouping_sets` under `budget`:
+/// the same even split over aggregates (AVG counts twice) as [`protect`].
+pub fn dp_cost(
+    budget: DpBudget,
+    aggregates: &[AggregateKind],
+    grouping_sets: usize,
+) -> Result<DpCost, dp::DpError> {
+    let share = budget_share(budget, aggregates);
     let mut charge = 0.0;
     let mut columns = Vec::with_capacity(aggregates.len());
     for a in aggregates {
@@ -606,24 +612,7 @@ pub(crate) fn protect(
         }
         Method::Dp { budget, k: kk } => {
             k = *kk;
-            let parts: usize = t
-                .aggregates
-                .iter()
-                .map(|a| match a {
-                    AggregateKind::Avg { .. } => 2,
-                    AggregateKind::Grouping => 0,
-                    _ => 1,
-                })
-                .sum::<usize>()
-                .max(1);
-            let share = match *budget {
-                DpBudget::ZCdp { rho } => DpBudget::ZCdp {
-                    rho: rho / parts as f64,
-                },
-                DpBudget::PureDp { epsilon } => DpBudget::PureDp {
-                    epsilon: epsilon / parts as f64,
-                },
-            };
+            let share = budget_share(*budget, t.aggregates);
             let mut charge = 0.0;
             let mut columns = BTreeMap::new();
             let schema = t.batch.schema();

@@ -77,16 +77,25 @@ pub async fn run_query(
     agreement: &Agreement,
     sql: &str,
 ) -> Result<QueryResult, RunError> {
-    let timeout = engine
-        .config()
-        .query_timeout
-        .min(Duration::from_secs(agreement.limits.timeout_seconds.max(1)));
-    match tokio::time::timeout(timeout, async {
+    within_timeout(engine, agreement, async {
         let validated = check_query(engine, agreement, sql).await?;
         run_inner(engine, agreement, validated).await
     })
     .await
-    {
+}
+
+/// Runs `work` within the engine's and the agreement's timeout, whichever
+/// is shorter; a query that takes longer is cancelled and refused.
+pub async fn within_timeout<T>(
+    engine: &Engine,
+    agreement: &Agreement,
+    work: impl std::future::Future<Output = Result<T, RunError>>,
+) -> Result<T, RunError> {
+    let timeout = engine
+        .config()
+        .query_timeout
+        .min(Duration::from_secs(agreement.limits.timeout_seconds.max(1)));
+    match tokio::time::timeout(timeout, work).await {
         Ok(r) => r,
         Err(_) => Err(QueryError::new(
             Code::QueryTimeout,
@@ -121,21 +130,7 @@ pub async fn run_validated(
     agreement: &Agreement,
     validated: ValidatedPlan,
 ) -> Result<QueryResult, RunError> {
-    let timeout = engine
-        .config()
-        .query_timeout
-        .min(Duration::from_secs(agreement.limits.timeout_seconds.max(1)));
-    match tokio::time::timeout(timeout, run_inner(engine, agreement, validated)).await {
-        Ok(r) => r,
-        Err(_) => Err(QueryError::new(
-            Code::QueryTimeout,
-            format!(
-                "the query did not finish within {} s; narrow the region or use fewer dimensions",
-                timeout.as_secs()
-            ),
-        )
-        .into()),
-    }
+    within_timeout(engine, agreement, run_inner(engine, agreement, validated)).await
 }
 
 /// The key of a release in the engine's release cache: the agreement, its

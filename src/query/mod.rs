@@ -18,6 +18,6 @@ pub use engine::{Engine, EngineConfig};
 pub use error::{Code, QueryError, RunError};
 pub use execute::{
     QueryResult, check_query, grid_cells, is_release_cached, plan_fingerprint, release_key,
-    run_query, run_validated,
+    run_query, run_validated, within_timeout,
 };
 pub use validate::ValidatedPlan;

@@ -37,7 +37,7 @@ use crate::protect::{Method, ProtectedTable, dp_cost};
 use crate::query::validate::AggregateKind;
 use crate::query::{
     Engine, ValidatedPlan, check_query, grid_cells, is_release_cached, plan_fingerprint,
-    release_key, run_validated,
+    release_key, run_validated, within_timeout,
 };
 use crate::state::{Reservation, period_of};
 use sha2::Digest;
@@ -437,7 +437,8 @@ async fn validate(
     draft: &mut Draft,
 ) -> Result<ValidatedPlan, ApiError> {
     draft.snapshot = Some(engine.snapshot().id().to_string());
-    let validated = check_query(engine, &caller.pks.agreement, sql).await?;
+    let agreement = &caller.pks.agreement;
+    let validated = within_timeout(engine, agreement, check_query(engine, agreement, sql)).await?;
     draft.plan_fingerprint = Some(plan_fingerprint(&validated));
     draft.elements = validated.elements.iter().map(|e| e.to_string()).collect();
     Ok(validated)

@@ -50,3 +50,20 @@ pub fn true_values() -> Protection {
         },
     }
 }
+
+/// The interpreter with pyarrow and polars: `$AGREGAT_PYTHON` (set by
+/// `.ci/run`, which installs them in a venv), else `python3`; `None`
+/// where neither can import both.
+pub fn python() -> Option<String> {
+    let candidates: Vec<String> = std::env::var("AGREGAT_PYTHON")
+        .ok()
+        .into_iter()
+        .chain(["python3".to_string()])
+        .collect();
+    candidates.into_iter().find(|p| {
+        std::process::Command::new(p)
+            .args(["-c", "import pyarrow, polars"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
