@@ -209,6 +209,51 @@ async fn sigterm_finishes_in_flight_requests_and_loses_no_audit_entry() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_policy() {
+    let mut env = Env::new(&standard_agreements());
+    // No polling to speak of: only the signal can reload.
+    env.config.limits.reload_poll_seconds = 3600;
+    let (mut child, base) = spawn_server(&mut env).await;
+    let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
+    let (new_token, _, _) = agregat::policy::add_token(&env.policy_dir(), "uji", today).unwrap();
+    let http = reqwest::Client::new();
+    let status = |t: String| {
+        let http = http.clone();
+        let url = format!("{base}/v1/budget");
+        async move {
+            http.get(url)
+                .bearer_auth(t)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(
+        status(new_token.clone()).await,
+        401,
+        "reloaded without a signal"
+    );
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let mut ok = false;
+    for _ in 0..50 {
+        if status(new_token.clone()).await == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(ok, "SIGHUP did not reload the policy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_audit_row_is_detected_and_named() {
     let s = Server::standard().await;
     for _ in 0..4 {

@@ -191,13 +191,14 @@ impl Env {
         let c = &self.config;
         let path = self.dir.path().join("agregat.toml");
         let text = format!(
-            "listen = \"{}\"\nwarehouse = \"{}\"\npolicy = \"{}\"\nqueries = \"{}\"\nstate = \"{}\"\nrecord_key_secret = \"{}\"\n[limits]\nreload_poll_seconds = 1\ntarget_partitions = 2\n",
+            "listen = \"{}\"\nwarehouse = \"{}\"\npolicy = \"{}\"\nqueries = \"{}\"\nstate = \"{}\"\nrecord_key_secret = \"{}\"\n[limits]\nreload_poll_seconds = {}\ntarget_partitions = 2\n",
             c.listen,
             c.warehouse.display(),
             c.policy.display(),
             c.queries.display(),
             c.state.display(),
-            c.record_key_secret.as_ref().unwrap().display()
+            c.record_key_secret.as_ref().unwrap().display(),
+            c.limits.reload_poll_seconds
         );
         std::fs::write(&path, text).unwrap();
         path
