@@ -66,7 +66,8 @@ macro_rules! api {
             paths($($handler),*),
             components(schemas(
                 Problem, QueryRequest, CostResponse, BudgetResponse, SnapshotInfo,
-                SavedQueryInfo, CatalogResponse, ElementInfo, RegionInfo, ReleaseJson
+                SavedQueryInfo, CatalogResponse, ElementInfo, RegionInfo, ReleaseJson,
+                OutputFormat
             )),
             modifiers(&BearerAuth),
             tags(
@@ -130,18 +131,36 @@ pub fn routes(state: Shared) -> Router {
 #[serde(deny_unknown_fields)]
 pub struct QueryRequest {
     /// One aggregate SQL statement over `penduduk`.
+    #[schema(
+        min_length = 1,
+        example = "SELECT kode_kec, jenis_kelamin, COUNT(*) AS jumlah FROM penduduk GROUP BY 1, 2"
+    )]
     pub sql: String,
     /// Snapshot id; default: the newest snapshot the agreement may query.
     #[serde(default)]
+    #[schema(
+        pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$",
+        example = "dkb-2026-s1"
+    )]
     pub snapshot: Option<String>,
+}
+
+/// Download format (`?format=`); otherwise the `Accept` header decides.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // documents the query parameter; parsed in `negotiate`
+pub enum OutputFormat {
+    Json,
+    Csv,
+    Parquet,
 }
 
 /// A JSON release (the `format=json` body).
 #[derive(Serialize, ToSchema)]
 pub struct ReleaseJson {
     pub columns: Vec<String>,
-    /// One array per row; withheld cells are null.
-    #[schema(value_type = Vec<Vec<Object>>)]
+    /// One array per row: strings for group keys, numbers for released
+    /// values, null for withheld cells.
     pub rows: Vec<Vec<Value>>,
     /// How the release was protected (method, k, ptable or DP margins,
     /// suppressed cells, snapshot).
@@ -684,7 +703,7 @@ fn client(addr: &ClientAddr) -> Option<String> {
 #[utoipa::path(
     post, path = "/v1/query", tag = "query",
     request_body = QueryRequest,
-    params(("format" = Option<String>, Query, description = "json | csv | parquet; otherwise the Accept header decides (application/json, text/csv, application/vnd.apache.parquet)")),
+    params(("format" = Option<OutputFormat>, Query, description = "json | csv | parquet; otherwise the Accept header decides (application/json, text/csv, application/vnd.apache.parquet)")),
     responses(
         (status = 200, description = "The protected table", content(
             (ReleaseJson = "application/json"),
@@ -737,7 +756,9 @@ async fn query(
         (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or unknown token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not allowed by the agreement", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown snapshot", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Too large", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limit of the agreement reached", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Rejected by the gate", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -919,6 +940,8 @@ async fn budget_status(state: &Shared, caller: &Caller) -> Result<BudgetResponse
     responses(
         (status = 200, description = "Saved queries", body = Vec<SavedQueryInfo>),
         (status = 401, description = "Missing or unknown token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Agreement expired or not yet valid", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limit of the agreement reached", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -966,7 +989,7 @@ fn missing_elements(caller: &Caller, elements: &[String]) -> Vec<String> {
     post, path = "/v1/queries/{name}", tag = "saved",
     params(
         ("name" = String, Path, description = "Saved query name, e.g. usia_sekolah"),
-        ("format" = Option<String>, Query, description = "json | csv | parquet"),
+        ("format" = Option<OutputFormat>, Query, description = "json | csv | parquet"),
     ),
     request_body(content = Object, description = "Parameters by name, e.g. {\"tahun_ajaran\": 2026}"),
     responses(
@@ -979,7 +1002,9 @@ fn missing_elements(caller: &Caller, elements: &[String]) -> Vec<String> {
         (status = 403, description = "The agreement does not permit the query's elements or region", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such saved query", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Privacy budget exhausted", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body or result grid too large", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Rejected by the gate", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limit of the agreement reached", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -1031,6 +1056,8 @@ async fn run_saved(
     responses(
         (status = 200, description = "Catalog", body = CatalogResponse),
         (status = 401, description = "Missing or unknown token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Agreement expired or not yet valid", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limit of the agreement reached", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -1122,6 +1149,8 @@ async fn get_catalog(
     responses(
         (status = 200, description = "Snapshots, newest first", body = Vec<SnapshotInfo>),
         (status = 401, description = "Missing or unknown token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Agreement expired or not yet valid", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limit of the agreement reached", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -1158,6 +1187,8 @@ async fn list_snapshots(
     responses(
         (status = 200, description = "Budget", body = BudgetResponse),
         (status = 401, description = "Missing or unknown token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Agreement expired or not yet valid", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limit of the agreement reached", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
