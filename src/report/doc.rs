@@ -554,8 +554,8 @@ fn agreement<'a>(a: &'a AgreementReport, b: &mut Vec<Block<'a>>) {
         b.push(Block::Table {
             head: strings(&[
                 "Periode",
-                "Committed",
-                "Pending",
+                "Terkunci (commit)",
+                "Tertunda",
                 "Terpakai",
                 "Anggaran",
                 "Persentase",
@@ -644,7 +644,7 @@ fn agreement<'a>(a: &'a AgreementReport, b: &mut Vec<Block<'a>>) {
         b.push(Block::Para(
             Style::Ok,
             format!(
-                "Differencing: tidak ada templat kueri dengan ≥ {} nilai berbeda pada satu posisi.",
+                "Pola pembedaan (differencing): tidak ada templat kueri dengan ≥ {} nilai berbeda pada satu posisi.",
                 super::DIFFERENCING_MIN_VARIANTS
             ),
         ));
@@ -653,7 +653,7 @@ fn agreement<'a>(a: &'a AgreementReport, b: &mut Vec<Block<'a>>) {
         b.push(Block::Para(
             Style::Warn,
             format!(
-                "Differencing: templat dengan {} nilai berbeda pada literal ke-{} ({} rilis); \
+                "Pola pembedaan (differencing): templat dengan {} nilai berbeda pada literal ke-{} ({} rilis); \
                  literal lain: {}.",
                 d.values.len(),
                 d.position,
