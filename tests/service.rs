@@ -486,6 +486,14 @@ async fn dp_cost_is_a_dry_run_and_repeats_are_free() {
     let rows = s.state().store.ledger_rows("dp-uji").unwrap();
     assert_eq!(rows.len(), 1);
     assert!((rows[0].amount - charge).abs() < 1e-15);
+    // ... and exactly what OpenDP's maps returned for the release (AVG
+    // included: its noisy sum and noisy count are both charged).
+    let loss = audit(&s).last().unwrap().entry.privacy_loss.unwrap();
+    assert!(
+        (loss - rows[0].amount).abs() < 1e-15,
+        "ledger {} vs release {loss}",
+        rows[0].amount
+    );
     assert_eq!(v["protection"]["dp"]["reused"], false);
     // The same question, written differently: the identical release, free.
     let again = s
