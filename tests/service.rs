@@ -42,6 +42,11 @@ async fn status_codes_and_problem_details() {
             .unwrap()
             .starts_with("text/csv")
     );
+    // CSV has no room for metadata: it travels in a header, ASCII-escaped.
+    let meta: Value =
+        serde_json::from_str(csv.headers()["x-agregat-protection"].to_str().unwrap()).unwrap();
+    assert_eq!(meta["method"], "cell_key");
+    assert!(meta["catatan"].as_str().unwrap().contains('±'), "{meta}");
     assert!(
         csv.text()
             .await

@@ -629,6 +629,24 @@ fn release_response(
     resp
 }
 
+/// JSON with every non-ASCII character escaped (`\u00b1`), so that it is a
+/// valid header value: CSV downloads carry the protection metadata in the
+/// `X-Agregat-Protection` header.
+fn ascii_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut buf = [0u16; 2];
+            for unit in c.encode_utf16(&mut buf) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
+}
+
 /// Answers one SQL question: from the response cache (cell-key repeats)
 /// or through [`release`], then encodes it.
 async fn answer(
@@ -668,7 +686,9 @@ async fn answer(
     let table = release(state, caller, engine, sql, draft).await?;
     let bytes = output::encode(&table, format).map_err(|e| ApiError::internal("encoding", e))?;
     draft.released(&bytes);
-    let protection = serde_json::to_string(table.metadata()).ok();
+    let protection = serde_json::to_string(table.metadata())
+        .ok()
+        .map(|j| ascii_json(&j));
     let body = axum::body::Bytes::from(bytes);
     if cacheable {
         state.responses.put(
