@@ -274,6 +274,47 @@ pub struct CatalogResponse {
     pub functions: Vec<String>,
 }
 
+/// Refusals every `/v1` endpoint can return (OpenAPI only).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum AccessRefusals {
+    /// Missing, malformed or unknown token.
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Problem),
+    /// Not allowed: agreement expired or not yet valid; for queries also
+    /// element, Minister's permission, region or stage.
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden(Problem),
+    /// Rate limit of the agreement reached (see `Retry-After`).
+    #[response(status = 429, content_type = "application/problem+json")]
+    TooManyRequests(Problem),
+}
+
+/// Refusals of the endpoints that take a query (OpenAPI only).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum QueryRefusals {
+    /// Malformed body, SQL that does not parse, unknown column, bad
+    /// saved-query parameter (`param` names it).
+    #[response(status = 400, content_type = "application/problem+json")]
+    BadRequest(Problem),
+    /// Unknown snapshot or saved query.
+    #[response(status = 404, content_type = "application/problem+json")]
+    NotFound(Problem),
+    /// The `Accept` header names no offered format.
+    #[response(status = 406, content_type = "application/problem+json")]
+    NotAcceptable(Problem),
+    /// Privacy budget exhausted for this period.
+    #[response(status = 409, content_type = "application/problem+json")]
+    Conflict(Problem),
+    /// Body, SQL or result grid too large.
+    #[response(status = 413, content_type = "application/problem+json")]
+    TooLarge(Problem),
+    /// Rejected by the aggregate-only gate.
+    #[response(status = 422, content_type = "application/problem+json")]
+    Unprocessable(Problem),
+}
+
 // ------------------------------------------------------------- plumbing
 
 /// Reads at most `limit` bytes of body.
@@ -729,15 +770,8 @@ fn client(addr: &ClientAddr) -> Option<String> {
             (ReleaseJson = "application/json"),
             (String = "text/csv"),
             (Vec<u8> = "application/vnd.apache.parquet"))),
-        (status = 400, description = "Malformed body, SQL that does not parse, unknown column", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Element, Minister's permission, region, stage or validity not allowed", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown snapshot", body = Problem, content_type = "application/problem+json"),
-        (status = 406, description = "Accept header names no offered format", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Privacy budget exhausted for this period", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body, SQL or result grid too large", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Rejected by the aggregate-only gate", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limit of the agreement reached", body = Problem, content_type = "application/problem+json"),
+        AccessRefusals,
+        QueryRefusals,
     ),
     security(("bearer" = []))
 )]
@@ -773,13 +807,8 @@ async fn query(
     request_body = QueryRequest,
     responses(
         (status = 200, description = "What the query would cost", body = CostResponse),
-        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not allowed by the agreement", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown snapshot", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Too large", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limit of the agreement reached", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Rejected by the gate", body = Problem, content_type = "application/problem+json"),
+        AccessRefusals,
+        QueryRefusals,
     ),
     security(("bearer" = []))
 )]
@@ -959,9 +988,7 @@ async fn budget_status(state: &Shared, caller: &Caller) -> Result<BudgetResponse
     get, path = "/v1/queries", tag = "saved",
     responses(
         (status = 200, description = "Saved queries", body = Vec<SavedQueryInfo>),
-        (status = 401, description = "Missing or unknown token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Agreement expired or not yet valid", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limit of the agreement reached", body = Problem, content_type = "application/problem+json"),
+        AccessRefusals,
     ),
     security(("bearer" = []))
 )]
@@ -1017,14 +1044,8 @@ fn missing_elements(caller: &Caller, elements: &[String]) -> Vec<String> {
             (ReleaseJson = "application/json"),
             (String = "text/csv"),
             (Vec<u8> = "application/vnd.apache.parquet"))),
-        (status = 400, description = "A parameter is wrong; `param` names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The agreement does not permit the query's elements or region", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such saved query", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Privacy budget exhausted", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body or result grid too large", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Rejected by the gate", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limit of the agreement reached", body = Problem, content_type = "application/problem+json"),
+        AccessRefusals,
+        QueryRefusals,
     ),
     security(("bearer" = []))
 )]
@@ -1075,9 +1096,7 @@ async fn run_saved(
     get, path = "/v1/catalog", tag = "info",
     responses(
         (status = 200, description = "Catalog", body = CatalogResponse),
-        (status = 401, description = "Missing or unknown token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Agreement expired or not yet valid", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limit of the agreement reached", body = Problem, content_type = "application/problem+json"),
+        AccessRefusals,
     ),
     security(("bearer" = []))
 )]
@@ -1168,9 +1187,7 @@ async fn get_catalog(
     get, path = "/v1/snapshots", tag = "info",
     responses(
         (status = 200, description = "Snapshots, newest first", body = Vec<SnapshotInfo>),
-        (status = 401, description = "Missing or unknown token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Agreement expired or not yet valid", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limit of the agreement reached", body = Problem, content_type = "application/problem+json"),
+        AccessRefusals,
     ),
     security(("bearer" = []))
 )]
@@ -1206,9 +1223,7 @@ async fn list_snapshots(
     get, path = "/v1/budget", tag = "info",
     responses(
         (status = 200, description = "Budget", body = BudgetResponse),
-        (status = 401, description = "Missing or unknown token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Agreement expired or not yet valid", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limit of the agreement reached", body = Problem, content_type = "application/problem+json"),
+        AccessRefusals,
     ),
     security(("bearer" = []))
 )]
