@@ -1,5 +1,6 @@
 //! The state survives the worst: the `agregat serve` process killed with
-//! SIGKILL in the middle of DP requests, and an audit row altered on disk.
+//! SIGKILL in the middle of DP requests, an audit row altered on disk, and
+//! an audit log that cannot be written.
 
 mod common;
 
@@ -294,4 +295,116 @@ async fn a_tampered_audit_row_is_detected_and_named() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("entry 3"), "{err}");
     assert!(err.contains("altered"), "{err}");
+}
+
+/// A state store whose audit appends fail: the service must withhold the
+/// answer (503) rather than release data without an audit entry.
+struct AuditDown(std::sync::Arc<dyn agregat::state::StateStore>);
+
+impl agregat::state::StateStore for AuditDown {
+    fn append(
+        &self,
+        _: agregat::state::AuditEntry,
+    ) -> Result<agregat::state::AuditRecord, agregat::state::StateError> {
+        Err(agregat::state::StateError::Corrupt {
+            detail: "disk gone (test)".into(),
+        })
+    }
+    fn verify(&self) -> Result<agregat::state::ChainReport, agregat::state::StateError> {
+        self.0.verify()
+    }
+    fn entries(
+        &self,
+        from: Option<&str>,
+        to: Option<&str>,
+    ) -> Result<Vec<agregat::state::AuditRecord>, agregat::state::StateError> {
+        self.0.entries(from, to)
+    }
+    fn reserve(
+        &self,
+        agreement: &str,
+        period: &str,
+        amount: f64,
+        allowance: f64,
+        request_id: &str,
+    ) -> Result<agregat::state::Reservation, agregat::state::StateError> {
+        self.0
+            .reserve(agreement, period, amount, allowance, request_id)
+    }
+    fn commit(&self, r: &agregat::state::Reservation) -> Result<(), agregat::state::StateError> {
+        self.0.commit(r)
+    }
+    fn release(&self, r: &agregat::state::Reservation) -> Result<(), agregat::state::StateError> {
+        self.0.release(r)
+    }
+    fn spent(&self, agreement: &str, period: &str) -> Result<f64, agregat::state::StateError> {
+        self.0.spent(agreement, period)
+    }
+    fn ledger_rows(
+        &self,
+        agreement: &str,
+    ) -> Result<Vec<agregat::state::LedgerRow>, agregat::state::StateError> {
+        self.0.ledger_rows(agreement)
+    }
+    fn release_get(&self, key: &str) -> Result<Option<Vec<u8>>, agregat::state::StateError> {
+        self.0.release_get(key)
+    }
+    fn release_put(
+        &self,
+        key: &str,
+        agreement: &str,
+        snapshot: &str,
+        release: &[u8],
+    ) -> Result<(), agregat::state::StateError> {
+        self.0.release_put(key, agreement, snapshot, release)
+    }
+}
+
+#[test]
+fn nothing_is_released_when_the_audit_log_cannot_be_written() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let env = Env::new(&standard_agreements());
+    let state = rt.block_on(async {
+        let clock = std::sync::Arc::new(agregat::service::ManualClock::new(
+            common::server::default_time(),
+        ));
+        let mut state = agregat::service::AppState::open(env.config.clone(), clock)
+            .await
+            .unwrap();
+        state.store = std::sync::Arc::new(AuditDown(std::sync::Arc::clone(&state.store)));
+        std::sync::Arc::new(state)
+    });
+    let app = agregat::service::router(std::sync::Arc::clone(&state));
+    for id in ["uji", "dp-uji"] {
+        let req = axum::http::Request::builder()
+            .method("POST")
+            .uri("/v1/query")
+            .header("authorization", format!("Bearer {}", token(id)))
+            .body(axum::body::Body::from(
+                r#"{"sql": "SELECT kode_kec, COUNT(*) AS n FROM penduduk GROUP BY 1"}"#,
+            ))
+            .unwrap();
+        let resp = rt
+            .block_on(tower::ServiceExt::oneshot(app.clone(), req))
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "{id}"
+        );
+        let bytes = rt
+            .block_on(axum::body::to_bytes(resp.into_body(), usize::MAX))
+            .unwrap();
+        let p: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(p["code"], "unavailable");
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("61.71.01"),
+            "data leaked: {p}"
+        );
+    }
+    // The DP release was charged (committed before the audit failed):
+    // withheld, but never uncharged.
+    let rows = state.store.ledger_rows("dp-uji").unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(state.store.entries(None, None).unwrap().is_empty());
 }
