@@ -500,6 +500,14 @@ async fn dp_cost_is_a_dry_run_and_repeats_are_free() {
         rows[0].amount
     );
     assert_eq!(v["protection"]["dp"]["reused"], false);
+    // The release says what is spent and left.
+    let b = &v["protection"]["budget"];
+    assert_eq!(b["period"], "2026-S2");
+    assert!((b["spent"].as_f64().unwrap() - charge).abs() < 1e-12, "{b}");
+    assert!(
+        (b["remaining"].as_f64().unwrap() - (0.05 - charge)).abs() < 1e-12,
+        "{b}"
+    );
     // The same question, written differently: the identical release, free.
     let again = s
         .query("dp-uji", "select kode_kec, count(*) as n, avg(umur(tanggal_lahir)) as rata from penduduk group by kode_kec order by 1")

@@ -125,6 +125,23 @@ pub struct ReleaseMetadata {
     pub tanggal_data: String,
     /// A plain-language note for the reader (Bahasa Indonesia).
     pub catatan: String,
+    /// DP: the agreement's budget in the period, after this release (set
+    /// by the service, which keeps the ledger).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetInfo>,
+}
+
+/// The privacy budget of an agreement after a release.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct BudgetInfo {
+    /// `YEAR-S1` or `YEAR-S2`.
+    pub period: String,
+    /// `rho` or `epsilon`.
+    pub measure: String,
+    pub allowance: f64,
+    /// Committed and pending charges, this release included.
+    pub spent: f64,
+    pub remaining: f64,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -230,6 +247,12 @@ impl ProtectedTable {
             batches,
             metadata,
         })
+    }
+
+    /// The release with the agreement's budget after it (DP).
+    pub(crate) fn with_budget(mut self, budget: BudgetInfo) -> ProtectedTable {
+        self.metadata.budget = Some(budget);
+        self
     }
 
     /// The same release served again: marked reused, nothing new charged.
@@ -768,6 +791,7 @@ pub(crate) fn protect(
             snapshot: t.snapshot,
             tanggal_data: t.tanggal_data,
             catatan,
+            budget: None,
         },
     })
 }

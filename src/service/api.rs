@@ -33,7 +33,7 @@ use crate::catalog::{self, ColumnClass, Domain, RegionScope};
 use crate::output::{self, Format};
 use crate::policy::Stage;
 use crate::protect::dp::DpBudget;
-use crate::protect::{Method, ProtectedTable, dp_cost};
+use crate::protect::{BudgetInfo, Method, ProtectedTable, dp_cost};
 use crate::query::validate::AggregateKind;
 use crate::query::{
     Engine, ValidatedPlan, check_query, grid_cells, is_release_cached, plan_fingerprint,
@@ -724,7 +724,10 @@ async fn answer(
             &draft.request_id,
         ));
     }
-    let table = release(state, caller, engine, sql, draft).await?;
+    let mut table = release(state, caller, engine, sql, draft).await?;
+    if let Some(b) = budget_after(state, caller).await? {
+        table = table.with_budget(b);
+    }
     let bytes = output::encode(&table, format).map_err(|e| ApiError::internal("encoding", e))?;
     draft.released(&bytes);
     let protection = serde_json::to_string(table.metadata())
@@ -940,6 +943,21 @@ fn aggregate_names(v: &ValidatedPlan) -> Vec<String> {
                 .unwrap_or(name)
         })
         .collect()
+}
+
+/// DP: the budget after a release, for its metadata.
+async fn budget_after(state: &Shared, caller: &Caller) -> Result<Option<BudgetInfo>, ApiError> {
+    if !matches!(caller.pks.agreement.protection.method, Method::Dp { .. }) {
+        return Ok(None);
+    }
+    let b = budget_status(state, caller).await?;
+    Ok(Some(BudgetInfo {
+        period: b.period,
+        measure: b.measure.unwrap_or_default(),
+        allowance: b.allowance.unwrap_or(0.0),
+        spent: b.spent.unwrap_or(0.0),
+        remaining: b.remaining.unwrap_or(0.0),
+    }))
 }
 
 async fn budget_status(state: &Shared, caller: &Caller) -> Result<BudgetResponse, ApiError> {
