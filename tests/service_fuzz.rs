@@ -180,6 +180,7 @@ fn endpoint() -> impl Strategy<Value = (&'static str, &'static str)> {
         ("POST", "/v1/query?format=%00"),
         ("POST", "/v1/queries/usia_sekolah"),
         ("POST", "/v1/queries/%2e%2e"),
+        ("POST", "/v1/queries/%FF%FE"),
         ("GET", "/v1/catalog"),
         ("DELETE", "/v1/query"),
         ("GET", "/v1/../etc/passwd"),

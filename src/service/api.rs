@@ -1069,14 +1069,24 @@ fn missing_elements(caller: &Caller, elements: &[String]) -> Vec<String> {
 )]
 async fn run_saved(
     State(state): State<Shared>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
     Extension(creds): Extension<Credentials>,
     Extension(addr): Extension<ClientAddr>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let shown: String = name.chars().take(64).collect();
+    // A name that is not UTF-8 is the caller's mistake: a problem
+    // document and an audit entry like any other.
+    let name = name.map(|Path(n)| n).map_err(|e| {
+        ApiError::bad_request(
+            "bad_path",
+            format!(
+                "{e}; saved query names are ASCII, e.g. usia_sekolah (GET /v1/queries lists them)"
+            ),
+        )
+    });
+    let shown: String = name.as_deref().unwrap_or("?").chars().take(64).collect();
     let mut draft = Draft::begin(
         &state,
         "/v1/queries/{name}",
@@ -1085,6 +1095,7 @@ async fn run_saved(
     );
     let result = async {
         let caller = admit(&state, &creds, &mut draft)?;
+        let name = name?;
         let format = negotiate(raw.as_deref(), &headers)?;
         let bytes = read_body(body, state.config.limits.max_body_bytes).await?;
         let params: Map<String, Value> = if bytes.iter().all(u8::is_ascii_whitespace) {
