@@ -1001,6 +1001,23 @@ async fn budget_status(state: &Shared, caller: &Caller) -> Result<BudgetResponse
     }
 }
 
+/// The shape of the information endpoints: open the audit draft, admit
+/// the caller, answer, append the audit entry.
+async fn informed(
+    state: &Shared,
+    route: &'static str,
+    creds: &Credentials,
+    addr: &ClientAddr,
+    answer: impl AsyncFnOnce(&Caller) -> Result<Response, ApiError>,
+) -> Response {
+    let mut draft = Draft::begin(state, route, route, client(addr));
+    let result = match admit(state, creds, &mut draft) {
+        Ok(caller) => answer(&caller).await,
+        Err(e) => Err(e),
+    };
+    audit::finish(state, draft, result).await
+}
+
 /// The saved queries this agreement may run, with their parameters.
 #[utoipa::path(
     get, path = "/v1/queries", tag = "saved",
@@ -1015,13 +1032,11 @@ async fn list_queries(
     Extension(creds): Extension<Credentials>,
     Extension(addr): Extension<ClientAddr>,
 ) -> Response {
-    let mut draft = Draft::begin(&state, "/v1/queries", "/v1/queries", client(&addr));
-    let result = (|| {
-        let caller = admit(&state, &creds, &mut draft)?;
+    informed(&state, "/v1/queries", &creds, &addr, async |caller| {
         let list: Vec<SavedQueryInfo> = state
             .saved
             .iter()
-            .filter(|q| missing_elements(&caller, &q.elements).is_empty())
+            .filter(|q| missing_elements(caller, &q.elements).is_empty())
             .map(|q| SavedQueryInfo {
                 name: q.name.clone(),
                 title: q.title.clone(),
@@ -1031,8 +1046,8 @@ async fn list_queries(
             })
             .collect();
         json_response(&list)
-    })();
-    audit::finish(&state, draft, result).await
+    })
+    .await
 }
 
 fn missing_elements(caller: &Caller, elements: &[String]) -> Vec<String> {
@@ -1134,9 +1149,7 @@ async fn get_catalog(
     Extension(creds): Extension<Credentials>,
     Extension(addr): Extension<ClientAddr>,
 ) -> Response {
-    let mut draft = Draft::begin(&state, "/v1/catalog", "/v1/catalog", client(&addr));
-    let result = (|| {
-        let caller = admit(&state, &creds, &mut draft)?;
+    informed(&state, "/v1/catalog", &creds, &addr, async |caller| {
         let a = &caller.pks.agreement;
         let elements = catalog::table_columns()
             .filter(|c| a.permits(c.name))
@@ -1207,8 +1220,8 @@ async fn get_catalog(
                 .map(|s| s.to_string())
                 .collect(),
         })
-    })();
-    audit::finish(&state, draft, result).await
+    })
+    .await
 }
 
 /// Snapshots this agreement may query (its stage and region).
@@ -1225,10 +1238,8 @@ async fn list_snapshots(
     Extension(creds): Extension<Credentials>,
     Extension(addr): Extension<ClientAddr>,
 ) -> Response {
-    let mut draft = Draft::begin(&state, "/v1/snapshots", "/v1/snapshots", client(&addr));
-    let result = (|| {
-        let caller = admit(&state, &creds, &mut draft)?;
-        let list: Vec<SnapshotInfo> = visible_snapshots(&state, &caller)
+    informed(&state, "/v1/snapshots", &creds, &addr, async |caller| {
+        let list: Vec<SnapshotInfo> = visible_snapshots(&state, caller)
             .iter()
             .enumerate()
             .map(|(i, e)| {
@@ -1243,8 +1254,8 @@ async fn list_snapshots(
             })
             .collect();
         json_response(&list)
-    })();
-    audit::finish(&state, draft, result).await
+    })
+    .await
 }
 
 /// The privacy budget spent and left in the current six-month period.
@@ -1261,13 +1272,10 @@ async fn get_budget(
     Extension(creds): Extension<Credentials>,
     Extension(addr): Extension<ClientAddr>,
 ) -> Response {
-    let mut draft = Draft::begin(&state, "/v1/budget", "/v1/budget", client(&addr));
-    let result = async {
-        let caller = admit(&state, &creds, &mut draft)?;
-        json_response(&budget_status(&state, &caller).await?)
-    }
-    .await;
-    audit::finish(&state, draft, result).await
+    informed(&state, "/v1/budget", &creds, &addr, async |caller| {
+        json_response(&budget_status(&state, caller).await?)
+    })
+    .await
 }
 
 /// Liveness: the process answers.
