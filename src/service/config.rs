@@ -10,6 +10,8 @@
 //! state = "agregat-state"                 # audit log + budget ledger (SQLite)
 //! record_key_secret = "data-samples/SAMPLE-record-key-NOT-FOR-PRODUCTION.secret"
 //! demo_tokens = "data-samples/DEMO-TOKENS-NOT-FOR-PRODUCTION.toml"   # optional
+//! verify_snapshots = "full"               # or "structure": skip the SHA-256 of
+//!                                         # every file at start (large warehouses)
 //!
 //! [limits]
 //! memory_limit_mb = 2048          # DataFusion memory pool per snapshot
@@ -72,7 +74,21 @@ pub struct ServiceConfig {
     pub record_key_secret: Option<PathBuf>,
     /// Demo tokens to print at start (the sample only).
     pub demo_tokens: Option<PathBuf>,
+    /// How snapshots are checked at start.
+    pub verify_snapshots: VerifySnapshots,
     pub limits: ServiceLimits,
+}
+
+/// How thoroughly snapshots are checked when the service starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifySnapshots {
+    /// Sizes, schemas and the SHA-256 of every file (seconds per 10 GB).
+    #[default]
+    Full,
+    /// Sizes and schemas only; for large warehouses verified offline with
+    /// `agregat snapshot verify`.
+    Structure,
 }
 
 impl Default for ServiceConfig {
@@ -87,6 +103,7 @@ impl Default for ServiceConfig {
                 "data-samples/SAMPLE-record-key-NOT-FOR-PRODUCTION.secret".into(),
             ),
             demo_tokens: Some("data-samples/DEMO-TOKENS-NOT-FOR-PRODUCTION.toml".into()),
+            verify_snapshots: VerifySnapshots::Full,
             limits: ServiceLimits::default(),
         }
     }
@@ -155,13 +172,14 @@ mod tests {
         let p = dir.path().join("agregat.toml");
         std::fs::write(
             &p,
-            "listen = \"127.0.0.1:9999\"\nwarehouse = \"wh\"\n[limits]\nmax_body_bytes = 10\n",
+            "listen = \"127.0.0.1:9999\"\nwarehouse = \"wh\"\nverify_snapshots = \"structure\"\n[limits]\nmax_body_bytes = 10\n",
         )
         .unwrap();
         let c = ServiceConfig::load(&p).unwrap();
         assert_eq!(c.listen.port(), 9999);
         assert_eq!(c.warehouse, dir.path().join("wh"));
         assert_eq!(c.limits.max_body_bytes, 10);
+        assert_eq!(c.verify_snapshots, VerifySnapshots::Structure);
         std::fs::write(&p, "listn = 1\n").unwrap();
         let e = ServiceConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("listn"), "{e}");

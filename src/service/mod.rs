@@ -39,7 +39,7 @@ use std::time::Duration;
 use axum::Router;
 use chrono::{DateTime, NaiveDate, Utc};
 
-pub use self::config::{ServiceConfig, ServiceLimits};
+pub use self::config::{ServiceConfig, ServiceLimits, VerifySnapshots};
 use self::metrics::Metrics;
 use self::ratelimit::RateLimiter;
 use crate::policy::{Policy, PolicyErrors};
@@ -177,7 +177,11 @@ impl AppState {
         };
         let mut snapshots = BTreeMap::new();
         for dir in snapshot_dirs(&config.warehouse)? {
-            let snapshot = Snapshot::open(&dir, Verify::Full)?;
+            let verify = match config.verify_snapshots {
+                config::VerifySnapshots::Full => Verify::Full,
+                config::VerifySnapshots::Structure => Verify::Structure,
+            };
+            let snapshot = Snapshot::open(&dir, verify)?;
             if let Some(expected) = &secret
                 && &snapshot.manifest.record_key.secret_fingerprint != expected
             {
