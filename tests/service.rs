@@ -4,7 +4,7 @@
 mod common;
 
 use agregat::state::Outcome;
-use common::server::{Pks, Server, problem, standard_agreements, token};
+use common::server::{Pks, Server, eventually, problem, standard_agreements, token, token_status};
 use serde_json::{Value, json};
 
 const COUNT_BY_KEC: &str =
@@ -795,28 +795,11 @@ async fn policy_reloads_on_change_and_keeps_the_old_one_when_invalid() {
         chrono::NaiveDate::from_ymd_opt(2026, 11, 28).unwrap(),
     )
     .unwrap();
-    let works = |t: String| {
-        let http = s.http.clone();
-        let url = s.url("/v1/budget");
-        async move {
-            http.get(url)
-                .bearer_auth(t)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
-    let mut ok = false;
-    for _ in 0..50 {
-        if works(new_token.clone()).await == 200 {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(ok, "the new token never started to work");
+    let works = async |t: &str| token_status(&s.http, &s.base, t).await;
+    assert!(
+        eventually(async || works(&new_token).await == 200).await,
+        "the new token never started to work"
+    );
     // An invalid file: the old policy stays in force.
     std::fs::write(
         dir.join("rusak.toml"),
@@ -824,20 +807,15 @@ async fn policy_reloads_on_change_and_keeps_the_old_one_when_invalid() {
     )
     .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    assert_eq!(works(new_token.clone()).await, 200);
-    assert_eq!(works(token("uji")).await, 200);
+    assert_eq!(works(&new_token).await, 200);
+    assert_eq!(works(&token("uji")).await, 200);
     // Revocation: remove the agreement's file (with a valid directory again).
     std::fs::remove_file(dir.join("rusak.toml")).unwrap();
     std::fs::remove_file(dir.join("lambat.toml")).unwrap();
-    let mut revoked = false;
-    for _ in 0..50 {
-        if works(token("lambat")).await == 401 {
-            revoked = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(revoked, "a removed agreement's token still works");
+    assert!(
+        eventually(async || works(&token("lambat")).await == 401).await,
+        "a removed agreement's token still works"
+    );
     // Narrowing an agreement takes effect at once, also for questions
     // answered before (the response cache is keyed by the policy).
     let sql = "SELECT agama, COUNT(*) FROM penduduk GROUP BY 1";
@@ -855,16 +833,8 @@ async fn policy_reloads_on_change_and_keeps_the_old_one_when_invalid() {
         format!("{}\n{minted}", narrowed.toml()),
     )
     .unwrap();
-    let mut refused = false;
-    for _ in 0..50 {
-        if s.query("uji", sql).await.status() == 403 {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
     assert!(
-        refused,
+        eventually(async || s.query("uji", sql).await.status() == 403).await,
         "a narrowed agreement still answers with the removed element"
     );
     s.stop().await;

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use agregat::state::{LedgerState, Outcome, SqliteStore, StateStore};
-use common::server::{Env, Pks, Server, standard_agreements, token};
+use common::server::{Env, Pks, Server, eventually, standard_agreements, token, token_status};
 use serde_json::json;
 
 fn bin() -> &'static str {
@@ -218,21 +218,8 @@ async fn sighup_reloads_the_policy() {
     let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
     let (new_token, _, _) = agregat::policy::add_token(&env.policy_dir(), "uji", today).unwrap();
     let http = reqwest::Client::new();
-    let status = |t: String| {
-        let http = http.clone();
-        let url = format!("{base}/v1/budget");
-        async move {
-            http.get(url)
-                .bearer_auth(t)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
     assert_eq!(
-        status(new_token.clone()).await,
+        token_status(&http, &base, &new_token).await,
         401,
         "reloaded without a signal"
     );
@@ -241,14 +228,7 @@ async fn sighup_reloads_the_policy() {
         .status()
         .unwrap();
     assert!(hup.success());
-    let mut ok = false;
-    for _ in 0..50 {
-        if status(new_token.clone()).await == 200 {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ok = eventually(async || token_status(&http, &base, &new_token).await == 200).await;
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(ok, "SIGHUP did not reload the policy");

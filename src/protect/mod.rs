@@ -387,6 +387,22 @@ pub struct DpCost {
     pub columns: Vec<DpColumn>,
 }
 
+/// Refuses aggregates the method cannot release: SUM and AVG need
+/// differential privacy (a perturbed count has no bounded analogue for
+/// sums).
+pub fn check_aggregates(method: &Method, aggregates: &[AggregateKind]) -> Result<(), QueryError> {
+    let sums = aggregates
+        .iter()
+        .any(|a| matches!(a, AggregateKind::Sum { .. } | AggregateKind::Avg { .. }));
+    if sums && matches!(method, Method::CellKey { .. }) {
+        return Err(QueryError::new(
+            Code::AggregateNotAllowed,
+            "SUM and AVG are released only under differential privacy; this agreement uses the cell-key method, so count people instead (e.g. COUNT(*) per age band)",
+        ));
+    }
+    Ok(())
+}
+
 /// The per-query budget split evenly over the released aggregates: AVG
 /// (noisy sum / noisy count) takes two shares, GROUPING() none.
 fn budget_share(budget: DpBudget, aggregates: &[AggregateKind]) -> DpBudget {
@@ -482,15 +498,7 @@ pub(crate) fn protect(
     match &protection.method {
         Method::CellKey { ptable, k: kk } => {
             k = *kk;
-            if t.aggregates
-                .iter()
-                .any(|a| matches!(a, AggregateKind::Sum { .. } | AggregateKind::Avg { .. }))
-            {
-                return Err(QueryError::new(
-                    Code::AggregateNotAllowed,
-                    "SUM and AVG are released only under differential privacy; this agreement uses the cell-key method, so count people instead (e.g. COUNT(*) per age band)",
-                ));
-            }
+            check_aggregates(&protection.method, t.aggregates)?;
             let counts: Vec<Vec<i64>> = (0..t.aggregates.len())
                 .map(|i| int_values(agg_col(i)))
                 .collect();

@@ -180,6 +180,20 @@ pub fn plan_fingerprint(validated: &ValidatedPlan) -> String {
     ))
 }
 
+/// Refuses a result grid larger than the agreement allows.
+pub fn check_cells(cells: usize, agreement: &Agreement) -> Result<(), QueryError> {
+    if cells > agreement.limits.max_cells {
+        return Err(QueryError::new(
+            Code::TooManyCells,
+            format!(
+                "the result grid has {cells} cells; this agreement allows at most {}; use coarser dimensions (kecamatan instead of kelurahan, 5-year age groups instead of single years)",
+                agreement.limits.max_cells
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Cells of the complete result grid of a validated plan. The grid is
 /// built from public value domains only, so this reads no personal data
 /// (the dry-run cost endpoint uses it).
@@ -197,17 +211,7 @@ async fn run_inner(
     validated: ValidatedPlan,
 ) -> Result<QueryResult, RunError> {
     let grid = grid(engine, &validated, agreement).await?;
-    if grid.num_rows() > agreement.limits.max_cells {
-        return Err(QueryError::new(
-            Code::TooManyCells,
-            format!(
-                "the result grid has {} cells; this agreement allows at most {}; use coarser dimensions (kecamatan instead of kelurahan, 5-year age groups instead of single years)",
-                grid.num_rows(),
-                agreement.limits.max_cells
-            ),
-        )
-        .into());
-    }
+    check_cells(grid.num_rows(), agreement)?;
     // DP: the same canonical question (aggregate plan: whitespace, aliases
     // and ORDER BY do not matter) on this snapshot for this agreement and
     // budget returns the identical release and charges nothing.

@@ -32,12 +32,10 @@ use super::{AppState, ClientAddr};
 use crate::catalog::{self, ColumnClass, Domain, RegionScope};
 use crate::output::{self, Format};
 use crate::policy::Stage;
-use crate::protect::dp::DpBudget;
-use crate::protect::{BudgetInfo, Method, ProtectedTable, dp_cost};
-use crate::query::validate::AggregateKind;
+use crate::protect::{BudgetInfo, Method, ProtectedTable, check_aggregates, dp_cost};
 use crate::query::{
-    Engine, ValidatedPlan, check_query, grid_cells, is_release_cached, plan_fingerprint,
-    release_key, run_validated, within_timeout,
+    Engine, ValidatedPlan, check_cells, check_query, grid_cells, is_release_cached,
+    plan_fingerprint, release_key, run_validated, within_timeout,
 };
 use crate::state::{Reservation, period_of};
 use sha2::Digest;
@@ -485,10 +483,6 @@ fn choose_snapshot(
     }
 }
 
-fn measure_name(b: DpBudget) -> &'static str {
-    b.parameter()
-}
-
 /// Validates the SQL for the caller on the engine; fills the draft.
 async fn validate(
     engine: &Engine,
@@ -502,6 +496,56 @@ async fn validate(
     draft.plan_fingerprint = Some(plan_fingerprint(&validated));
     draft.elements = validated.elements.iter().map(|e| e.to_string()).collect();
     Ok(validated)
+}
+
+/// The key of a DP release in the state database: the snapshot and the
+/// engine's release key, hashed.
+fn durable_release_key(engine: &Engine, key: &str) -> String {
+    hex::encode(sha2::Sha256::digest(
+        format!("{}\n{key}", engine.snapshot().id()).as_bytes(),
+    ))
+}
+
+/// Whether this DP question was released before on this snapshot for this
+/// agreement: in the engine's memory, or in the state database (from
+/// before a restart), in which case the release is loaded into memory so
+/// that it is served again, free of charge. False under cell-key.
+async fn dp_release_known(
+    state: &Shared,
+    engine: &Engine,
+    agreement: &crate::agreement::Agreement,
+    validated: &ValidatedPlan,
+    request_id: &str,
+) -> Result<bool, ApiError> {
+    if !matches!(agreement.protection.method, Method::Dp { .. }) {
+        return Ok(false);
+    }
+    if is_release_cached(engine, agreement, validated) {
+        return Ok(true);
+    }
+    let Some(key) = release_key(agreement, validated) else {
+        return Ok(false);
+    };
+    let store = Arc::clone(&state.store);
+    let durable = durable_release_key(engine, &key);
+    let stored = tokio::task::spawn_blocking(move || store.release_get(&durable))
+        .await
+        .map_err(|e| ApiError::internal("release cache", e))??;
+    let Some(bytes) = stored else {
+        return Ok(false);
+    };
+    match ProtectedTable::from_bytes(&bytes) {
+        Ok(t) => {
+            engine.cache_release(key, t);
+            Ok(true)
+        }
+        Err(e) => {
+            eprintln!(
+                "agregat: request {request_id}: stored release unreadable ({e}); answering afresh"
+            );
+            Ok(false)
+        }
+    }
 }
 
 /// Plans, validates, charges and runs one query; the released table.
@@ -521,35 +565,11 @@ async fn release(
     let validated = validate(engine, caller, sql, draft).await?;
     // DP: a question released before (also before a restart) is answered
     // with that release, free of charge.
-    let durable_key = match &agreement.protection.method {
-        Method::Dp { .. } => release_key(agreement, &validated).map(|k| {
-            let durable = hex::encode(sha2::Sha256::digest(
-                format!("{}\n{k}", engine.snapshot().id()).as_bytes(),
-            ));
-            (k, durable)
-        }),
-        Method::CellKey { .. } => None,
-    };
-    if let Some((key, durable)) = &durable_key
-        && !is_release_cached(engine, agreement, &validated)
-    {
-        let store = Arc::clone(&state.store);
-        let d = durable.clone();
-        let stored = tokio::task::spawn_blocking(move || store.release_get(&d))
-            .await
-            .map_err(|e| ApiError::internal("release cache", e))??;
-        if let Some(bytes) = stored {
-            match ProtectedTable::from_bytes(&bytes) {
-                Ok(t) => engine.cache_release(key.clone(), t),
-                Err(e) => eprintln!(
-                    "agregat: request {}: stored release unreadable ({e}); answering afresh",
-                    draft.request_id
-                ),
-            }
-        }
-    }
     let reservation = match &agreement.protection.method {
-        Method::Dp { budget, .. } if !is_release_cached(engine, agreement, &validated) => {
+        Method::Dp { budget, .. }
+            if !dp_release_known(state, engine, agreement, &validated, &draft.request_id)
+                .await? =>
+        {
             let cost = dp_cost(*budget, &validated.aggregates, validated.grouping_sets)
                 .map_err(|e| ApiError::internal("privacy cost", e))?;
             let store = Arc::clone(&state.store);
@@ -562,7 +582,7 @@ async fn release(
             })
             .await
             .map_err(|e| ApiError::internal("budget ledger", e))??;
-            Some(r)
+            Some((r, release_key(agreement, &validated)))
         }
         _ => None,
     };
@@ -572,7 +592,7 @@ async fn release(
             record(draft, &r.table, r.cells);
             Ok(r.table)
         }
-        (Ok(r), Some(res)) => {
+        (Ok(r), Some((res, key))) => {
             let charged = r.table.charge_now().map_or(0.0, |c| c.value());
             if charged == 0.0 {
                 // An identical release was cached meanwhile: nothing new
@@ -584,10 +604,11 @@ async fn release(
                 settle(state, res, true).await?;
                 // Keep the release for repeats after a restart. A failure
                 // here only means a later repeat is charged again.
-                if let Some((key, durable)) = durable_key
+                if let Some(key) = key
                     && let Some(bytes) = engine.cached_release(&key).and_then(|t| t.to_bytes().ok())
                 {
                     let store = Arc::clone(&state.store);
+                    let durable = durable_release_key(engine, &key);
                     let (a, snap) = (
                         caller.pks.id().to_string(),
                         engine.snapshot().id().to_string(),
@@ -608,7 +629,7 @@ async fn release(
             Ok(r.table)
         }
         (Err(e), res) => {
-            if let Some(res) = res {
+            if let Some((res, _)) = res {
                 settle(state, res, false).await?;
             }
             Err(e.into())
@@ -825,22 +846,18 @@ async fn query_cost(
     let result = async {
         let caller = admit(&state, &creds, &mut draft)?;
         let bytes = read_body(body, state.config.limits.max_body_bytes).await?;
-        let req: QueryRequest = parse_json(&bytes, r#"{"sql": "SELECT kode_kec, COUNT(*) FROM penduduk GROUP BY 1"}"#)?;
+        let req: QueryRequest = parse_json(
+            &bytes,
+            r#"{"sql": "SELECT kode_kec, COUNT(*) FROM penduduk GROUP BY 1"}"#,
+        )?;
         draft.sql = Some(req.sql.clone());
         let engine = choose_snapshot(&state, &caller, req.snapshot.as_deref())?;
         let agreement = &caller.pks.agreement;
         let validated = validate(&engine, &caller, &req.sql, &mut draft).await?;
         let cells = grid_cells(&engine, agreement, &validated).await?;
         draft.cells = cells as u64;
-        if cells > agreement.limits.max_cells {
-            return Err(ApiError::Query(crate::query::QueryError::new(
-                crate::query::Code::TooManyCells,
-                format!(
-                    "the result grid has {cells} cells; this agreement allows at most {}; use coarser dimensions",
-                    agreement.limits.max_cells
-                ),
-            )));
-        }
+        check_cells(cells, agreement)?;
+        check_aggregates(&agreement.protection.method, &validated.aggregates)?;
         let names = aggregate_names(&validated);
         let mut resp = CostResponse {
             snapshot: engine.snapshot().id().to_string(),
@@ -860,16 +877,6 @@ async fn query_cost(
         };
         match &agreement.protection.method {
             Method::CellKey { ptable, k } => {
-                if validated
-                    .aggregates
-                    .iter()
-                    .any(|a| matches!(a, AggregateKind::Sum { .. } | AggregateKind::Avg { .. }))
-                {
-                    return Err(ApiError::Query(crate::query::QueryError::new(
-                        crate::query::Code::AggregateNotAllowed,
-                        "SUM and AVG are released only under differential privacy; this agreement uses the cell-key method, so count people instead",
-                    )));
-                }
                 resp.method = "cell_key".into();
                 resp.k = *k;
                 resp.max_perturbation = Some(ptable.perturbation_bound());
@@ -877,10 +884,12 @@ async fn query_cost(
             Method::Dp { budget, k } => {
                 let cost = dp_cost(*budget, &validated.aggregates, validated.grouping_sets)
                     .map_err(|e| ApiError::internal("privacy cost", e))?;
-                let reuse = is_release_cached(&engine, agreement, &validated);
+                let reuse =
+                    dp_release_known(&state, &engine, agreement, &validated, &draft.request_id)
+                        .await?;
                 resp.method = "dp".into();
                 resp.k = *k;
-                resp.measure = Some(measure_name(*budget).into());
+                resp.measure = Some(budget.parameter().into());
                 resp.charge = Some(if reuse { 0.0 } else { cost.charge.value() });
                 resp.would_reuse = reuse;
                 resp.margin_of_error_95 = Some(
@@ -989,7 +998,7 @@ async fn budget_status(state: &Shared, caller: &Caller) -> Result<BudgetResponse
                 agreement: id,
                 method: "dp".into(),
                 period,
-                measure: Some(measure_name(*budget).into()),
+                measure: Some(budget.parameter().into()),
                 allowance: Some(allowance),
                 spent: Some(spent),
                 remaining: Some(remaining),

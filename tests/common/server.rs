@@ -310,3 +310,28 @@ pub async fn problem(resp: reqwest::Response, status: u16) -> serde_json::Value 
     assert!(v["code"].is_string() && v["detail"].is_string(), "{v}");
     v
 }
+
+/// Status of `GET {base}/v1/budget` with `token`: 200 when the token is
+/// accepted, 401 when the service does not know it.
+pub async fn token_status(http: &reqwest::Client, base: &str, token: &str) -> u16 {
+    http.get(format!("{base}/v1/budget"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Checks `condition` every 100 ms for up to 5 s (policy reloads).
+pub async fn eventually<F: std::future::Future<Output = bool>>(
+    mut condition: impl FnMut() -> F,
+) -> bool {
+    for _ in 0..50 {
+        if condition().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
