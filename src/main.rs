@@ -537,7 +537,7 @@ fn audit_report(
 /// The state database file of a state directory (or the file itself).
 fn state_file(path: &std::path::Path) -> PathBuf {
     if path.is_dir() {
-        path.join("state.sqlite")
+        path.join(agregat::service::config::STATE_FILE)
     } else {
         path.to_path_buf()
     }

@@ -31,6 +31,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// The SQLite file inside a state directory.
+pub const STATE_FILE: &str = "state.sqlite";
+
 /// Resource limits of the service as a whole.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -158,7 +161,7 @@ impl ServiceConfig {
 
     /// The SQLite file inside the state directory.
     pub fn state_file(&self) -> PathBuf {
-        self.state.join("state.sqlite")
+        self.state.join(STATE_FILE)
     }
 }
 
