@@ -172,6 +172,15 @@ impl Error {
             Error::State(e) if matches!(**e, crate::state::StateError::BudgetExhausted { .. }) => {
                 ErrorCategory::Limit
             }
+            Error::State(e)
+                if matches!(
+                    **e,
+                    crate::state::StateError::Missing { .. }
+                        | crate::state::StateError::NotState { .. }
+                ) =>
+            {
+                ErrorCategory::Usage
+            }
             Error::State(_) => ErrorCategory::Io,
             Error::Service(e) => service_category(e),
             Error::Policy(_) => ErrorCategory::Usage,

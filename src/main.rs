@@ -175,7 +175,8 @@ enum AgreementCommand {
 enum AuditCommand {
     /// Recompute every hash of the audit chain; report the first broken link.
     Verify {
-        /// State directory (or the state.sqlite file itself).
+        /// State directory where `agregat serve` ran (or its state.sqlite);
+        /// opened read-only, never created.
         #[arg(long, default_value = "agregat-state")]
         state: PathBuf,
     },
@@ -196,6 +197,8 @@ enum AuditCommand {
         /// Output file (default: standard output).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// State directory where `agregat serve` ran (or its state.sqlite);
+        /// opened read-only, never created.
         #[arg(long, default_value = "agregat-state")]
         state: PathBuf,
         /// Policy directory, for the agreements' PKS details and allowances.
@@ -407,7 +410,7 @@ fn run(cli: Cli) -> Result<(), agregat::Error> {
             command: AuditCommand::Verify { state },
         } => {
             use agregat::state::StateStore;
-            let store = agregat::state::SqliteStore::open(state_file(&state))?;
+            let store = agregat::state::SqliteStore::open_read_only(state_file(&state))?;
             let report = store.verify()?;
             match &report.first_broken {
                 None => println!(
@@ -511,14 +514,7 @@ fn audit_report(
             "--to {to} is before --from {from}; give the first and the last day of the period"
         )));
     }
-    let file = state_file(state);
-    if !file.is_file() {
-        return Err(agregat::Error::Usage(format!(
-            "no state database at {}; point --state at the service's state directory",
-            file.display()
-        )));
-    }
-    let store = agregat::state::SqliteStore::open(&file)?;
+    let store = agregat::state::SqliteStore::open_read_only(state_file(state))?;
     // Expired agreements belong in the report: validate everything except
     // expiry (the report flags it itself).
     let policy = agregat::policy::Policy::load_dir(policy, chrono::NaiveDate::MIN)?;
@@ -535,6 +531,7 @@ fn audit_report(
 }
 
 /// The state database file of a state directory (or the file itself).
+/// Only `serve` creates state; the audit commands open it read-only.
 fn state_file(path: &std::path::Path) -> PathBuf {
     if path.is_dir() {
         path.join(agregat::service::config::STATE_FILE)

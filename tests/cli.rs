@@ -130,3 +130,96 @@ fn suppress_a_spreadsheet() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("`n`"), "{err}");
 }
+
+/// `audit verify` and `audit report` read the state `serve` wrote: a
+/// missing or mistyped `--state` fails with a clear message and creates
+/// nothing; an existing state is read without being written.
+#[test]
+fn audit_commands_never_create_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("does-not-exist");
+    let m = missing.to_str().unwrap();
+    let report = |state: &str| {
+        agregat(&[
+            "audit",
+            "report",
+            "--from",
+            "2026-01-01",
+            "--to",
+            "2026-06-30",
+            "--format",
+            "json",
+            "--state",
+            state,
+        ])
+    };
+    for (code, out, err) in [agregat(&["audit", "verify", "--state", m]), report(m)] {
+        assert_eq!(code, 2, "{out}{err}");
+        assert!(out.is_empty(), "{out}");
+        assert!(err.contains(m), "names the path: {err}");
+        assert!(
+            err.contains("--state DIR") && err.contains("agregat serve"),
+            "says what to give instead: {err}"
+        );
+        assert!(!missing.exists(), "nothing is created at {m}");
+    }
+
+    // An existing directory without a database: the file is named, and
+    // not created either.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let e = empty.to_str().unwrap();
+    for (code, _, err) in [agregat(&["audit", "verify", "--state", e]), report(e)] {
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("state.sqlite"), "{err}");
+        assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0, "{err}");
+    }
+
+    // A file that is not a state database is refused, not migrated.
+    let other = dir.path().join("other.sqlite");
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x INTEGER)")
+        .unwrap();
+    let (code, _, err) = agregat(&["audit", "verify", "--state", other.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not an agregat state database"), "{err}");
+
+    // The state of a service: verified read-only.
+    let state = dir.path().join("state");
+    {
+        use agregat::state::StateStore;
+        let store = agregat::state::SqliteStore::open(state.join("state.sqlite")).unwrap();
+        store
+            .append(agregat::state::AuditEntry {
+                time: "2026-03-01T01:00:00Z".into(),
+                agreement: "uji".into(),
+                token_id: "t1".into(),
+                endpoint: "/v1/query".into(),
+                sql: None,
+                plan_fingerprint: None,
+                snapshot: None,
+                outcome: agregat::state::Outcome::Rejected,
+                code: Some("token_unknown".into()),
+                cells: 0,
+                suppressed_cells: 0,
+                privacy_loss: None,
+                bytes_out: 0,
+                duration_ms: 1,
+                result_hash: None,
+                client_addr: None,
+                request_id: None,
+                elements: Vec::new(),
+            })
+            .unwrap();
+    }
+    let db = state.join("state.sqlite");
+    let before = std::fs::read(&db).unwrap();
+    let (code, out, err) = agregat(&["audit", "verify", "--state", state.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("audit chain OK: 1 entries"), "{out}");
+    let (code, out, err) = report(state.to_str().unwrap());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with('{'), "{out}");
+    assert_eq!(std::fs::read(&db).unwrap(), before, "read-only");
+}

@@ -362,6 +362,16 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "no state database at {}; give --state DIR of a directory where `agregat serve` ran (its `state` setting, ./agregat-state by default); only `agregat serve` creates state",
+        path.display()
+    )]
+    Missing { path: PathBuf },
+    #[error(
+        "{} is not an agregat state database (no schema_version table); give --state DIR of a directory where `agregat serve` ran",
+        path.display()
+    )]
+    NotState { path: PathBuf },
     #[error("state database is corrupt: {detail}; restore it from a backup and run verify")]
     Corrupt { detail: String },
     #[error(

@@ -124,6 +124,52 @@ impl SqliteStore {
         })
     }
 
+    /// Opens an existing state database for reading only (`audit verify`,
+    /// `audit report`): nothing is created, migrated or written. A path
+    /// that does not exist is [`StateError::Missing`]; a file without the
+    /// schema of a state database is [`StateError::NotState`].
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<SqliteStore, StateError> {
+        use rusqlite::OpenFlags;
+        let path = path.as_ref();
+        if !path.is_file() {
+            return Err(StateError::Missing {
+                path: path.to_path_buf(),
+            });
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sq("opening the database file read-only"))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(sq("setting the busy timeout"))?;
+        let has_schema: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|_| StateError::NotState {
+                path: path.to_path_buf(),
+            })?;
+        if !has_schema {
+            return Err(StateError::NotState {
+                path: path.to_path_buf(),
+            });
+        }
+        let found: i64 = conn
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .map_err(sq("reading the schema version"))?;
+        let supported = MIGRATIONS.len() as i64;
+        if found > supported {
+            return Err(StateError::SchemaTooNew { found, supported });
+        }
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+        })
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
