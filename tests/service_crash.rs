@@ -388,3 +388,98 @@ fn nothing_is_released_when_the_audit_log_cannot_be_written() {
     assert_eq!(rows.len(), 1);
     assert!(state.store.entries(None, None).unwrap().is_empty());
 }
+
+/// Starts `agregat serve` under `umask 000` (the worst case), its stderr
+/// in a file; returns the process, the base URL and the log file.
+async fn spawn_logged(env: &mut Env) -> (std::process::Child, String, std::path::PathBuf) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    env.config.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = env.write_config();
+    let log = env.dir.path().join(format!("serve-{port}.log"));
+    let mut child = Command::new("sh")
+        .args(["-c", "umask 000; exec \"$0\" serve --config \"$1\""])
+        .arg(bin())
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..300 {
+        if let Ok(r) = reqwest::get(format!("{base}/readyz")).await
+            && r.status() == 200
+        {
+            return (child, base, log);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!(
+        "server did not become ready: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
+#[cfg(unix)]
+fn mode(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_is_private_whatever_the_umask_and_readable_secrets_are_reported() {
+    use std::os::unix::fs::PermissionsExt;
+    let chmod = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+
+    // A fresh state under umask 000: directory 0700, files 0600, and no
+    // warning about the state; the record-key secret, copied 0600, neither.
+    let mut env = Env::new(&standard_agreements());
+    let secret = env.dir.path().join("record-key.secret");
+    std::fs::copy(env.config.record_key_secret.as_ref().unwrap(), &secret).unwrap();
+    chmod(&secret, 0o600);
+    env.config.record_key_secret = Some(secret.clone());
+    let (mut child, base, log) = spawn_logged(&mut env).await;
+    let r = reqwest::get(format!("{base}/v1/budget")).await.unwrap();
+    assert_eq!(r.status(), 401, "an audited request, so the WAL is in use");
+    let state = env.config.state.clone();
+    let db = env.config.state_file();
+    assert_eq!(mode(&state), 0o700);
+    for f in agregat::state::private::database_files(&db) {
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(!err.contains("WARNING"), "{err}");
+
+    // A state left open (0755, 0644) by an older build and a secret
+    // readable by everyone: loud warnings, and the state is made private.
+    chmod(&state, 0o755);
+    chmod(&db, 0o644);
+    chmod(&secret, 0o644);
+    let (mut child, _base, log) = spawn_logged(&mut env).await;
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&db), 0o600);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let err = std::fs::read_to_string(&log).unwrap();
+    let secret_line = format!("WARNING: the record-key secret {}", secret.display());
+    assert!(err.contains(&secret_line), "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
+    assert!(
+        err.contains(&format!("WARNING: {} was readable", state.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("WARNING: {} was readable", db.display())),
+        "{err}"
+    );
+    assert_eq!(mode(&secret), 0o644, "the operator's file is not changed");
+}

@@ -45,7 +45,7 @@ use self::ratelimit::RateLimiter;
 use crate::policy::{Policy, PolicyErrors};
 use crate::query::{Engine, EngineConfig};
 use crate::saved::SavedQueries;
-use crate::state::{SqliteStore, StateStore};
+use crate::state::{SqliteStore, StateStore, private};
 use crate::warehouse::{Snapshot, Verify};
 
 /// The service's notion of now. Tests inject a fixed clock to replay a
@@ -205,11 +205,23 @@ impl AppState {
                 dir: config.warehouse.clone(),
             });
         }
-        std::fs::create_dir_all(&config.state).map_err(|source| crate::state::StateError::Io {
-            path: config.state.clone(),
-            source,
+        if let Some(p) = &config.record_key_secret {
+            warn_if_secret_exposed(p);
+        }
+        let was_exposed = private::exposed_state(&config.state, &config.state_file());
+        private::create_private_dir(&config.state).map_err(|source| {
+            crate::state::StateError::Io {
+                path: config.state.clone(),
+                source,
+            }
         })?;
         let store: Arc<dyn StateStore> = Arc::new(SqliteStore::open(config.state_file())?);
+        for (path, mode) in was_exposed {
+            eprintln!(
+                "agregat: WARNING: {} was readable by group or others (mode {mode:03o}); it is now private (directory 0700, files 0600). It holds every agency's SQL, client addresses and token ids: if other users could read it, treat that as a disclosure.",
+                path.display()
+            );
+        }
         let slots = config.limits.max_concurrent_queries.max(1);
         Ok(AppState {
             config,
@@ -242,6 +254,28 @@ impl AppState {
 
     pub fn snapshots(&self) -> &BTreeMap<String, Arc<Engine>> {
         &self.snapshots
+    }
+}
+
+/// Warns loudly when group or others can read the record-key secret.
+/// The service starts anyway: the file belongs to the operator (it may be a
+/// mounted secret), so the service neither refuses nor changes it.
+fn warn_if_secret_exposed(path: &Path) {
+    if let Some(mode) = private::exposed(path) {
+        let sample = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.contains("NOT-FOR-PRODUCTION"));
+        eprintln!(
+            "agregat: WARNING: the record-key secret {} is readable by group or others (mode {mode:03o}): whoever reads it can recompute record keys from NIKs and weaken the cell-key protection. Run `chmod 600 {}`.{}",
+            path.display(),
+            path.display(),
+            if sample {
+                " (This is the public sample secret: never use it in production.)"
+            } else {
+                ""
+            }
+        );
     }
 }
 

@@ -73,6 +73,7 @@
 //! charged until an operator looks at them ([`StateStore::ledger_rows`]);
 //! nothing releases them automatically.
 
+pub mod private;
 mod sqlite;
 
 pub use sqlite::SqliteStore;
@@ -356,7 +357,7 @@ pub enum StateError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("cannot create the state directory {}: {source}; create it or fix its permissions", path.display())]
+    #[error("cannot create or make private the state file or directory {}: {source}; check that it is owned by the service's user, or fix its permissions", path.display())]
     Io {
         path: PathBuf,
         #[source]

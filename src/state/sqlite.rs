@@ -5,6 +5,7 @@ use super::{
     LedgerRow, LedgerState, Outcome, Reservation, StateError, StateStore, chain_hash,
     is_valid_period, rfc3339_millis, validate_amount, validate_entry,
 };
+use super::private;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -93,15 +94,22 @@ fn sq(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StateError {
 impl SqliteStore {
     /// Opens (creating it and its parent directories if needed) the state
     /// database at `path`, sets WAL, `synchronous=FULL` and the busy
-    /// timeout, and migrates the schema to the current version.
+    /// timeout, and migrates the schema to the current version. New
+    /// directories get mode 0700; the database and its `-wal` and `-shm`
+    /// files are set to 0600 on every open, whatever the umask (see
+    /// [`super::private`]).
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StateError> {
         let path = path.as_ref();
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| StateError::Io {
-                path: parent.to_path_buf(),
-                source,
-            })?;
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StateError::Io { path, source }
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && !parent.is_dir()
+        {
+            private::create_private_dir(parent).map_err(io(parent))?;
         }
+        private::create_private_file(path).map_err(io(path))?;
         let mut conn = Connection::open(path).map_err(sq("opening the database file"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(sq("setting the busy timeout"))?;
@@ -118,6 +126,10 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sq("setting synchronous=FULL"))?;
         migrate(&mut conn)?;
+        // WAL mode has created the -wal and -shm files by now.
+        for file in private::database_files(path) {
+            private::set_mode(&file, private::FILE_MODE).map_err(io(&file))?;
+        }
         Ok(SqliteStore {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
