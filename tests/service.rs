@@ -942,3 +942,81 @@ fn standard_agreements_are_valid_policy() {
     assert_eq!(p.agreements().count(), standard_agreements().len());
     let _ = Pks::default();
 }
+
+/// Two `Authorization` headers are refused (a proxy in front may have
+/// checked the other one), and every 401 carries a Bearer challenge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_credentials_and_bearer_challenges() {
+    let s = Server::standard().await;
+    let good = format!("Bearer {}", token("uji"));
+    let challenge = |r: &reqwest::Response| {
+        r.headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    for (first, second) in [
+        (good.as_str(), "Bearer agt_not_a_token"),
+        ("Bearer agt_not_a_token", good.as_str()),
+        (good.as_str(), good.as_str()),
+    ] {
+        let r = s
+            .http
+            .get(s.url("/v1/budget"))
+            .header("authorization", first)
+            .header("authorization", second)
+            .send()
+            .await
+            .unwrap();
+        let c = challenge(&r);
+        let p = problem(r, 400).await;
+        assert_eq!(p["code"], "ambiguous_credentials", "{p}");
+        assert!(p["detail"].as_str().unwrap().contains("exactly one"), "{p}");
+        assert_eq!(
+            c.as_deref(),
+            Some("Bearer realm=\"agregat\", error=\"invalid_request\"")
+        );
+    }
+    // Two credentials folded into one header are not a token either.
+    let r = s
+        .http
+        .get(s.url("/v1/budget"))
+        .header("authorization", format!("{good}, Bearer agt_not_a_token"))
+        .send()
+        .await
+        .unwrap();
+    assert!(challenge(&r).unwrap().starts_with("Bearer "));
+    assert_eq!(problem(r, 401).await["code"], "token_malformed");
+
+    // Every 401 carries `WWW-Authenticate: Bearer ...` (RFC 6750).
+    let r = s.http.get(s.url("/v1/budget")).send().await.unwrap();
+    assert_eq!(challenge(&r).as_deref(), Some("Bearer realm=\"agregat\""));
+    assert_eq!(problem(r, 401).await["code"], "token_missing");
+    let r = s
+        .http
+        .post(s.url("/v1/query"))
+        .bearer_auth("agt_not_a_token")
+        .json(&json!({ "sql": COUNT_BY_KEC }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        challenge(&r).as_deref(),
+        Some("Bearer realm=\"agregat\", error=\"invalid_token\"")
+    );
+    assert_eq!(problem(r, 401).await["code"], "token_unknown");
+    let r = s
+        .http
+        .get(s.url("/v1/catalog"))
+        .header("authorization", "Basic dXNlcjpwYXNz")
+        .send()
+        .await
+        .unwrap();
+    assert!(challenge(&r).unwrap().starts_with("Bearer "));
+    assert_eq!(problem(r, 401).await["code"], "token_malformed");
+
+    // One good header: answered, no challenge.
+    let r = s.get("uji", "/v1/budget").await;
+    assert_eq!(r.status(), 200);
+    assert!(challenge(&r).is_none());
+    s.stop().await;
+}

@@ -27,6 +27,9 @@ use crate::policy::Pks;
 pub enum Credentials {
     None,
     Malformed,
+    /// More than one `Authorization` header: refused (400) rather than
+    /// guessed at, since a proxy in front may have checked another one.
+    Ambiguous,
     Bearer(Arc<str>),
 }
 
@@ -35,6 +38,7 @@ impl std::fmt::Debug for Credentials {
         match self {
             Credentials::None => f.write_str("Credentials::None"),
             Credentials::Malformed => f.write_str("Credentials::Malformed"),
+            Credentials::Ambiguous => f.write_str("Credentials::Ambiguous"),
             Credentials::Bearer(_) => f.write_str("Credentials::Bearer(<redacted>)"),
         }
     }
@@ -43,16 +47,18 @@ impl std::fmt::Debug for Credentials {
 /// Middleware: moves the `Authorization` header into [`Credentials`] and
 /// records the client address.
 pub async fn strip_credentials(mut req: Request, next: Next) -> Response {
-    let creds = match req.headers_mut().remove(header::AUTHORIZATION) {
-        None => Credentials::None,
-        Some(v) => match v.to_str().ok().and_then(|s| {
-            let (scheme, token) = s.trim().split_once(' ')?;
-            let token = token.trim();
-            (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-        }) {
-            Some(t) => Credentials::Bearer(Arc::from(t)),
-            None => Credentials::Malformed,
-        },
+    let creds = match req.headers_mut().entry(header::AUTHORIZATION) {
+        header::Entry::Vacant(_) => Credentials::None,
+        header::Entry::Occupied(e) => {
+            let (_, mut values) = e.remove_entry_mult();
+            match (values.next(), values.next()) {
+                (Some(v), None) => match v.to_str().ok().and_then(bearer_token) {
+                    Some(t) => Credentials::Bearer(Arc::from(t)),
+                    None => Credentials::Malformed,
+                },
+                _ => Credentials::Ambiguous,
+            }
+        }
     };
     let addr = req
         .extensions()
@@ -61,6 +67,18 @@ pub async fn strip_credentials(mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(creds);
     req.extensions_mut().insert(super::ClientAddr(addr));
     next.run(req).await
+}
+
+/// The token of `Bearer <token>` (scheme case-insensitive); `None` for any
+/// other scheme, an empty token, or one holding spaces or commas (two
+/// credentials folded into one header).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer")
+        && !token.is_empty()
+        && !token.contains(|c: char| c.is_whitespace() || c == ','))
+    .then_some(token)
 }
 
 /// An authenticated caller.
@@ -75,6 +93,7 @@ pub fn admit(state: &AppState, creds: &Credentials, draft: &mut Draft) -> Result
     let token = match creds {
         Credentials::None => return Err(ApiError::TokenMissing),
         Credentials::Malformed => return Err(ApiError::TokenMalformed),
+        Credentials::Ambiguous => return Err(ApiError::AmbiguousCredentials),
         Credentials::Bearer(t) => t,
     };
     let policy = state.policy();

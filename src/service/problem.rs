@@ -32,6 +32,10 @@ pub enum ApiError {
     )]
     TokenMalformed,
     #[error(
+        "the request has more than one Authorization header; send exactly one 'Authorization: Bearer <token>'"
+    )]
+    AmbiguousCredentials,
+    #[error(
         "the token is not valid for any agreement (unknown, revoked or mistyped); ask Disdukcapil for a new token"
     )]
     TokenUnknown,
@@ -135,7 +139,9 @@ impl ApiError {
             | E::SavedQueryNotPermitted { .. } => StatusCode::FORBIDDEN,
             E::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             E::BudgetExhausted(_) => StatusCode::CONFLICT,
-            E::BadRequest { .. } | E::Parameter(_) => StatusCode::BAD_REQUEST,
+            E::BadRequest { .. } | E::Parameter(_) | E::AmbiguousCredentials => {
+                StatusCode::BAD_REQUEST
+            }
             E::NotAcceptable { .. } => StatusCode::NOT_ACCEPTABLE,
             E::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             E::SnapshotNotFound { .. }
@@ -156,6 +162,7 @@ impl ApiError {
             E::TokenMissing => "token_missing",
             E::TokenMalformed => "token_malformed",
             E::TokenUnknown => "token_unknown",
+            E::AmbiguousCredentials => "ambiguous_credentials",
             E::AgreementExpired { .. } => "agreement_expired",
             E::AgreementNotYetValid { .. } => "agreement_not_yet_valid",
             E::StageNotAllowed { .. } => "stage_not_allowed",
@@ -199,7 +206,22 @@ impl ApiError {
         }
     }
 
-    /// The response, with `Retry-After` for rate limits.
+    /// The `WWW-Authenticate` challenge of an authentication failure
+    /// (RFC 6750 section 3): every 401, and the 400 of ambiguous
+    /// credentials.
+    pub fn challenge(&self) -> Option<&'static str> {
+        match self {
+            ApiError::TokenMissing => Some("Bearer realm=\"agregat\""),
+            ApiError::TokenMalformed | ApiError::AmbiguousCredentials => {
+                Some("Bearer realm=\"agregat\", error=\"invalid_request\"")
+            }
+            ApiError::TokenUnknown => Some("Bearer realm=\"agregat\", error=\"invalid_token\""),
+            _ => None,
+        }
+    }
+
+    /// The response, with `Retry-After` for rate limits and
+    /// `WWW-Authenticate` for authentication failures.
     pub fn into_response_for(self, request_id: &str) -> Response {
         let problem = self.problem(request_id);
         let mut resp = (
@@ -212,6 +234,10 @@ impl ApiError {
             && let Ok(v) = HeaderValue::from_str(&retry_after.to_string())
         {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        if let Some(c) = self.challenge() {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
         }
         resp
     }
@@ -296,6 +322,20 @@ mod tests {
         assert_eq!(q(Code::TooManyCells).status(), 413);
         assert_eq!(q(Code::ParseError).status(), 400);
         assert_eq!(ApiError::TokenUnknown.status(), 401);
+        assert_eq!(ApiError::AmbiguousCredentials.status(), 400);
+        for e in [
+            ApiError::TokenMissing,
+            ApiError::TokenMalformed,
+            ApiError::TokenUnknown,
+        ] {
+            let r = e.into_response_for("r");
+            assert!(
+                r.headers()[header::WWW_AUTHENTICATE]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("Bearer ")
+            );
+        }
         assert_eq!(ApiError::BudgetExhausted("x".into()).status(), 409);
         let p = ApiError::internal("state database", std::io::Error::other("disk /x/y full"))
             .problem("r1");
