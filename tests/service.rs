@@ -1020,3 +1020,191 @@ async fn ambiguous_credentials_and_bearer_challenges() {
     assert!(challenge(&r).is_none());
     s.stop().await;
 }
+
+/// Reads (and drops) whatever the server sends on `s` until it closes the
+/// connection; the time that took, or `None` if it was still open after
+/// `limit`.
+async fn closed_within(
+    s: &mut tokio::net::TcpStream,
+    limit: std::time::Duration,
+) -> Option<std::time::Duration> {
+    use tokio::io::AsyncReadExt;
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(limit.saturating_sub(t0.elapsed()), s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(t0.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// A response head and body read off a raw connection (Content-Length).
+async fn read_response(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("a response")
+            .unwrap();
+        assert!(n > 0, "closed before the response: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                return text;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_silent_and_idle_connections_are_closed_in_time() {
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    let mut env = common::server::Env::new(&standard_agreements());
+    env.config.limits.header_read_timeout_seconds = 1;
+    env.config.limits.idle_timeout_seconds = 2;
+    let s = Server::start(env).await;
+    let addr = s.running.as_ref().unwrap().addr;
+
+    // Connects and sends nothing: closed after the header-read timeout.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let t = closed_within(&mut silent, Duration::from_secs(5))
+        .await
+        .expect("a silent client is closed");
+    assert!(
+        t >= Duration::from_millis(900) && t < Duration::from_millis(1800),
+        "{t:?}"
+    );
+
+    // Sends its head at 10 bytes a second: closed after the header-read
+    // timeout, however long it keeps sending.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let t0 = std::time::Instant::now();
+    let head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    for b in head {
+        if slow.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t = t0.elapsed()
+        + closed_within(&mut slow, Duration::from_secs(5))
+            .await
+            .unwrap_or(Duration::from_secs(5));
+    assert!(
+        t < Duration::from_millis(2000),
+        "a slow client was kept {t:?}"
+    );
+
+    // A kept-alive connection: answered, then closed after the idle
+    // timeout, not after the (shorter) header-read timeout.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_response(&mut idle).await.starts_with("HTTP/1.1 200"));
+    let t = closed_within(&mut idle, Duration::from_secs(6))
+        .await
+        .expect("an idle client is closed");
+    assert!(
+        t >= Duration::from_millis(1800) && t < Duration::from_millis(2800),
+        "{t:?}"
+    );
+
+    // Kept alive and used again within the idle timeout: served.
+    let mut again = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for _ in 0..3 {
+        again
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_response(&mut again).await.starts_with("HTTP/1.1 200"));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let m = s.http.get(s.url("/metrics")).send().await.unwrap();
+    let m = m.text().await.unwrap();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("agregat_connections_timed_out_total ") && !l.ends_with(" 0")),
+        "{m}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_connection_cap_reached_healthz_still_answers() {
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    let mut env = common::server::Env::new(&standard_agreements());
+    env.config.limits.header_read_timeout_seconds = 60;
+    env.config.limits.idle_timeout_seconds = 60;
+    env.config.limits.max_connections = 20;
+    env.config.limits.max_connections_per_address = 20;
+    let s = Server::start(env).await;
+    let addr = s.running.as_ref().unwrap().addr;
+
+    // A request in flight (its body half sent) is never closed for room.
+    let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = json!({ "sql": COUNT_BY_KEC }).to_string();
+    let head = format!(
+        "POST /v1/query HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        token("uji"),
+        body.len()
+    );
+    busy.write_all(head.as_bytes()).await.unwrap();
+    busy.write_all(&body.as_bytes()[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // 60 sockets that never send anything, three times the cap.
+    let mut idle = Vec::new();
+    for _ in 0..60 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t0 = std::time::Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.http.get(s.url("/healthz")).send())
+        .await
+        .expect("/healthz answers with the cap reached")
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    let m = s.http.get(s.url("/metrics")).send().await.unwrap();
+    let m = m.text().await.unwrap();
+    let value = |name: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {m}"))
+    };
+    assert!(value("agregat_connections_open ") <= 20, "{m}");
+    assert!(value("agregat_connections_evicted_total ") >= 40, "{m}");
+
+    // The request in flight was kept: it finishes and is answered.
+    busy.write_all(&body.as_bytes()[10..]).await.unwrap();
+    let resp = read_response(&mut busy).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    // Most idle sockets were closed to make room.
+    let mut closed = 0;
+    for mut c in idle {
+        if closed_within(&mut c, Duration::from_millis(50))
+            .await
+            .is_some()
+        {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 40, "{closed} of 60 idle sockets closed");
+    s.stop().await;
+}

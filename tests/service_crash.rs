@@ -483,3 +483,35 @@ async fn state_is_private_whatever_the_umask_and_readable_secrets_are_reported()
     );
     assert_eq!(mode(&secret), 0o644, "the operator's file is not changed");
 }
+
+/// SIGTERM does not wait on clients that are not in a request: one that
+/// never sent anything, one half-way through its head, and a kept-alive
+/// one between requests. The grace period (30 s) is for requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_does_not_wait_on_clients_that_are_not_in_a_request() {
+    use std::io::{Read, Write};
+    let mut env = Env::new(&standard_agreements());
+    let (mut child, base) = spawn_server(&mut env).await;
+    let addr = base.trim_start_matches("http://").to_string();
+    let silent = std::net::TcpStream::connect(&addr).unwrap();
+    let mut partial = std::net::TcpStream::connect(&addr).unwrap();
+    partial.write_all(b"GET /healthz HTTP/1.1\r\nHo").unwrap();
+    let mut kept = std::net::TcpStream::connect(&addr).unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = kept.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = std::time::Instant::now();
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = child.wait().unwrap();
+    let took = t0.elapsed();
+    assert!(status.success(), "serve exited with {status}");
+    assert!(took < Duration::from_secs(3), "SIGTERM took {took:?}");
+    drop((silent, partial, kept));
+}

@@ -21,7 +21,14 @@
 //! max_concurrent_queries = 32     # queries executing at once; more wait
 //! reload_poll_seconds = 2         # policy directory change detection
 //! shutdown_grace_seconds = 30     # in-flight requests finish within this
+//! header_read_timeout_seconds = 10  # a request head arrives within this
+//! idle_timeout_seconds = 60       # idle kept-alive connections closed after
+//! max_connections = 0             # 0: below the file-descriptor limit
+//! max_connections_per_address = 256 # behind a proxy: raise to max_connections
 //! ```
+//!
+//! At a connection cap, the longest idle connection is closed to admit the
+//! new one (see [`super::conn`]).
 //!
 //! Relative paths resolve against the directory of the config file (or the
 //! working directory when there is none).
@@ -45,6 +52,16 @@ pub struct ServiceLimits {
     pub max_concurrent_queries: usize,
     pub reload_poll_seconds: u64,
     pub shutdown_grace_seconds: u64,
+    /// A request head must be complete this long after the connection
+    /// opened (first request) or after its first byte (later requests).
+    pub header_read_timeout_seconds: u64,
+    /// A kept-alive connection with no request is closed after this long.
+    pub idle_timeout_seconds: u64,
+    /// Open connections at most; 0: as many as the file-descriptor limit
+    /// allows (less a reserve). Always kept below that limit.
+    pub max_connections: usize,
+    /// Open connections per client address (IPv6: per /64) at most.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for ServiceLimits {
@@ -57,6 +74,10 @@ impl Default for ServiceLimits {
             max_concurrent_queries: 32,
             reload_poll_seconds: 2,
             shutdown_grace_seconds: 30,
+            header_read_timeout_seconds: 10,
+            idle_timeout_seconds: 60,
+            max_connections: 0,
+            max_connections_per_address: 256,
         }
     }
 }

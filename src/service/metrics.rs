@@ -1,5 +1,6 @@
 //! Prometheus text metrics: requests by route and status, rejections by
-//! code, latency histograms by route, and (filled in at scrape time) the
+//! code, latency histograms by route, open, evicted, refused and timed-out
+//! connections, and (filled in at scrape time) the
 //! privacy budget spent per DP agreement in the current period.
 
 use std::collections::BTreeMap;
@@ -31,6 +32,8 @@ struct Inner {
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    /// The open connections (the server registers them here).
+    pub connections: std::sync::Arc<super::conn::Connections>,
 }
 
 impl Metrics {
@@ -122,6 +125,38 @@ impl Metrics {
         );
         out.push_str("# TYPE agregat_audit_entries_total counter\n");
         let _ = writeln!(out, "agregat_audit_entries_total {}", m.audit_entries);
+        let c = self.connections.counts();
+        for (name, kind, help, value) in [
+            (
+                "agregat_connections_open",
+                "gauge",
+                "Client connections open now.",
+                c.open as u64,
+            ),
+            (
+                "agregat_connections_evicted_total",
+                "counter",
+                "Idle connections closed to admit a new one at a connection cap.",
+                c.evicted,
+            ),
+            (
+                "agregat_connections_refused_total",
+                "counter",
+                "Connections refused at a cap with every connection in a request.",
+                c.refused,
+            ),
+            (
+                "agregat_connections_timed_out_total",
+                "counter",
+                "Connections closed by the header-read or idle timeout.",
+                c.timed_out,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
         out.push_str("# HELP agregat_budget_spent Privacy budget charged (committed and pending) in the current period.\n");
         out.push_str("# TYPE agregat_budget_spent gauge\n");
         for (agreement, period, spent, _) in budget {

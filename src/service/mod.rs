@@ -18,14 +18,17 @@
 //!
 //! The policy directory is reloaded on SIGHUP and when its files change
 //! (polled); an invalid new policy is reported and the old one kept.
-//! SIGTERM and Ctrl-C stop accepting connections and let in-flight
-//! requests finish (and be audited) within the grace period.
+//! SIGTERM and Ctrl-C stop accepting connections, close the connections
+//! that are not in a request, and let in-flight requests finish (and be
+//! audited) within the grace period. Connection timeouts and caps are in
+//! [`conn`].
 
 pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod config;
+pub mod conn;
 pub mod metrics;
 pub mod problem;
 pub mod ratelimit;
@@ -252,6 +255,12 @@ impl AppState {
         Ok(n)
     }
 
+    /// The connection limits in force: the configuration's, with the caps
+    /// kept below the file-descriptor soft limit (see [`conn`]).
+    pub fn connection_limits(&self) -> conn::ConnConfig {
+        conn::ConnConfig::from_limits(&self.config.limits, conn::fd_limit().map(|l| l.soft))
+    }
+
     pub fn snapshots(&self) -> &BTreeMap<String, Arc<Engine>> {
         &self.snapshots
     }
@@ -351,15 +360,16 @@ fn spawn_policy_watch(state: Arc<AppState>) {
 pub struct RunningServer {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    shutdown: Option<tokio::sync::watch::Sender<bool>>,
     task: tokio::task::JoinHandle<Result<(), ServiceError>>,
 }
 
 impl RunningServer {
-    /// Graceful stop: in-flight requests finish and are audited.
+    /// Graceful stop: connections with no request in flight are closed
+    /// at once; in-flight requests finish and are audited.
     pub async fn stop(mut self) -> Result<(), ServiceError> {
         if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
         self.task
             .await
@@ -375,15 +385,13 @@ pub async fn start(state: Arc<AppState>) -> Result<RunningServer, ServiceError> 
         .map_err(|source| ServiceError::Bind { addr, source })?;
     let addr = listener.local_addr().map_err(ServiceError::Serve)?;
     spawn_policy_watch(Arc::clone(&state));
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let app = router(Arc::clone(&state)).into_make_service_with_connect_info::<SocketAddr>();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let app = router(Arc::clone(&state));
+    let cfg = state.connection_limits();
+    let conns = Arc::clone(&state.metrics.connections);
     let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.await;
-            })
-            .await
-            .map_err(ServiceError::Serve)
+        conn::serve(listener, app, cfg, conns, rx).await;
+        Ok(())
     });
     Ok(RunningServer {
         addr,
@@ -397,6 +405,27 @@ pub async fn start(state: Arc<AppState>) -> Result<RunningServer, ServiceError> 
 /// the grace period.
 pub async fn run_until_signal(state: Arc<AppState>) -> Result<(), ServiceError> {
     let grace = Duration::from_secs(state.config.limits.shutdown_grace_seconds);
+    match conn::raise_fd_limit() {
+        Some((before, now)) => eprintln!(
+            "agregat: file descriptors: soft limit {}{} (hard {})",
+            now.soft,
+            if now.soft > before {
+                format!(", raised from {before}")
+            } else {
+                String::new()
+            },
+            now.hard.map_or("unlimited".to_string(), |h| h.to_string())
+        ),
+        None => eprintln!("agregat: file descriptors: limit unknown"),
+    }
+    let c = state.connection_limits();
+    eprintln!(
+        "agregat: connections: at most {} open, {} per client address; request heads within {} s, idle connections closed after {} s",
+        c.max_connections,
+        c.max_per_address,
+        c.header_read.as_secs(),
+        c.idle.as_secs()
+    );
     let server = start(state).await?;
     eprintln!("agregat: listening on http://{}", server.addr);
     shutdown_signal().await;
