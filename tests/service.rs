@@ -283,21 +283,21 @@ async fn status_codes_and_problem_details() {
     assert!(r.headers().contains_key("retry-after"));
     assert_eq!(problem(r, 429).await["code"], "rate_limited");
 
-    // Every /v1 request above has exactly one audit entry; the chain holds;
-    // no token appears anywhere in the audit log.
+    // Every authenticated /v1 request above has exactly one audit entry;
+    // the chain holds; no token appears anywhere in the audit log.
     let entries = audit(&s);
     assert!(
         entries
             .iter()
             .any(|e| e.entry.request_id.as_deref() == Some(&rid))
     );
-    assert_eq!(entries.len(), 31, "one entry per /v1 request");
+    assert_eq!(entries.len(), 26, "one entry per authenticated /v1 request");
     assert!(s.state().store.verify().unwrap().is_ok());
     let rejected = entries
         .iter()
         .filter(|e| e.entry.outcome == Outcome::Rejected)
         .count();
-    assert_eq!(rejected, 31 - 7);
+    assert_eq!(rejected, 26 - 7);
     for e in &entries {
         let text = serde_json::to_string(&e.entry).unwrap();
         assert!(
@@ -305,16 +305,19 @@ async fn status_codes_and_problem_details() {
             "token leaked into the audit log: {text}"
         );
     }
-    let unauth: Vec<_> = entries
+    assert!(entries.iter().all(|e| e.entry.agreement != "-"));
+    // The five that never authenticated (three without a valid token, and
+    // the unmatched routes) are counted per address and minute instead.
+    let env = s.stop().await;
+    let store = agregat::state::SqliteStore::open(env.config.state_file()).unwrap();
+    use agregat::state::StateStore;
+    let counted: u64 = store
+        .refusals(None, None)
+        .unwrap()
         .iter()
-        .filter(|e| e.entry.agreement == "-")
-        .collect();
-    assert_eq!(
-        unauth.len(),
-        5,
-        "three without a valid token, and the unmatched routes"
-    );
-    s.stop().await;
+        .map(|c| c.count)
+        .sum();
+    assert_eq!(counted, 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1207,4 +1210,140 @@ async fn with_the_connection_cap_reached_healthz_still_answers() {
     }
     assert!(closed >= 40, "{closed} of 60 idle sockets closed");
     s.stop().await;
+}
+
+/// Requests that never authenticate are counted per address and minute,
+/// not logged one row each; they use up the address's allowance, after
+/// which its `/v1` requests are refused before authentication. Every
+/// authenticated request keeps its own audit entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_refusals_are_counted_and_limited_per_address() {
+    let mut env = common::server::Env::new(&standard_agreements());
+    env.config.limits.unauthenticated_per_address_per_minute = 60;
+    let s = Server::start(env).await;
+    let wrong = |path: &'static str| {
+        s.http
+            .get(s.url(path))
+            .bearer_auth("agt_not_a_token")
+            .send()
+    };
+    for _ in 0..30 {
+        assert_eq!(wrong("/v1/budget").await.unwrap().status(), 401);
+    }
+    for _ in 0..15 {
+        let r = s.http.get(s.url("/v1/catalog")).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    for _ in 0..5 {
+        let r = s.http.get(s.url("/v1/nothing-here")).send().await.unwrap();
+        assert_eq!(r.status(), 404);
+    }
+    let r = s.get("uji", "/v1/budget").await;
+    assert_eq!(r.status(), 200, "a valid token still works");
+    assert_eq!(audit(&s).len(), 1, "one entry: the authenticated request");
+
+    // The allowance (60, refilling at 60 a minute) is used up: 429 before
+    // authentication, even with a valid token, with Retry-After.
+    let mut extra = 0;
+    let r = loop {
+        let r = wrong("/v1/budget").await.unwrap();
+        if r.status() == 429 {
+            break r;
+        }
+        assert_eq!(r.status(), 401);
+        extra += 1;
+        assert!(extra < 20, "no 429 after {extra} more refusals");
+    };
+    assert!(r.headers().contains_key("retry-after"));
+    let p = problem(r, 429).await;
+    assert_eq!(p["code"], "rate_limited");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("before authentication"),
+        "{p}"
+    );
+    assert_eq!(s.get("uji", "/v1/budget").await.status(), 429);
+    // Probes are not limited.
+    assert_eq!(
+        s.http.get(s.url("/healthz")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(audit(&s).len(), 1);
+
+    let env = s.stop().await;
+    let store = agregat::state::SqliteStore::open(env.config.state_file()).unwrap();
+    use agregat::state::StateStore;
+    let counts = store.refusals(None, None).unwrap();
+    let count = |code: &str| {
+        counts
+            .iter()
+            .filter(|c| c.code == code)
+            .map(|c| c.count)
+            .sum::<u64>()
+    };
+    assert_eq!(count("token_unknown"), 30 + extra, "{counts:?}");
+    assert_eq!(count("token_missing"), 15, "{counts:?}");
+    assert_eq!(count("not_found"), 5, "{counts:?}");
+    assert_eq!(count("rate_limited"), 2, "{counts:?}");
+    assert_eq!(counts.len(), 4, "one row per minute, address and code");
+    assert!(
+        counts
+            .iter()
+            .all(|c| c.client_addr == "127.0.0.1" && c.minute == "2026-11-28T03:00:00Z"),
+        "{counts:?}"
+    );
+    let entries = store.entries(None, None).unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].entry.agreement, "uji");
+    assert!(store.verify().unwrap().is_ok());
+}
+
+/// 10,000 wrong-token requests grow the state database by a few pages,
+/// not by one row each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_flood_grows_the_state_by_a_bounded_amount() {
+    let mut env = common::server::Env::new(&standard_agreements());
+    // No limit before authentication: the counting alone bounds growth.
+    env.config.limits.unauthenticated_per_address_per_minute = 0;
+    let s = Server::start(env).await;
+    let db = s.env.config.state_file();
+    let size = || {
+        agregat::state::private::database_files(&db)
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok())
+            .map(|m| m.len())
+            .sum::<u64>()
+    };
+    assert_eq!(s.get("uji", "/v1/budget").await.status(), 200);
+    let before = size();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let http = s.http.clone();
+        let url = s.url("/v1/budget");
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..1250 {
+                let r = http
+                    .get(&url)
+                    .bearer_auth("agt_not_a_token")
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 401);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let env = s.stop().await;
+    let growth = size().saturating_sub(before);
+    eprintln!("state growth for 10,000 wrong-token requests: {growth} bytes");
+    assert!(growth <= 64 * 1024, "{growth} bytes");
+    let store = agregat::state::SqliteStore::open(env.config.state_file()).unwrap();
+    use agregat::state::StateStore;
+    let counts = store.refusals(None, None).unwrap();
+    assert_eq!(counts.iter().map(|c| c.count).sum::<u64>(), 10_000);
+    assert_eq!(store.entries(None, None).unwrap().len(), 1);
 }

@@ -300,6 +300,19 @@ impl agregat::state::StateStore for AuditDown {
     ) -> Result<Vec<agregat::state::AuditRecord>, agregat::state::StateError> {
         self.0.entries(from, to)
     }
+    fn add_refusals(
+        &self,
+        counts: &[agregat::state::RefusalCount],
+    ) -> Result<(), agregat::state::StateError> {
+        self.0.add_refusals(counts)
+    }
+    fn refusals(
+        &self,
+        from: Option<&str>,
+        to: Option<&str>,
+    ) -> Result<Vec<agregat::state::RefusalCount>, agregat::state::StateError> {
+        self.0.refusals(from, to)
+    }
     fn reserve(
         &self,
         agreement: &str,

@@ -3,7 +3,8 @@
 //! plan fingerprint, snapshot, cells, privacy loss, bytes, hash of the
 //! released bytes); [`finish`] appends it to the hash chain and only then
 //! lets the response go. Every `/v1` handler ends in [`finish`], so no
-//! request can be answered without its entry.
+//! request can be answered without its entry. Refusals of requests that
+//! never authenticated are counted instead ([`super::refusals`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -111,6 +112,32 @@ impl Draft {
     }
 }
 
+/// An unauthenticated refusal: counted per address and minute rather
+/// than appended (see [`super::refusals`]), and charged to the address's
+/// limit before authentication.
+fn refused_unauthenticated(state: &Arc<AppState>, draft: Draft, e: &ApiError) -> Response {
+    let addr = super::refusals::address_key(draft.client_addr.as_deref());
+    state.refusals.record(draft.time, &addr, e.code());
+    let per_minute = state.config.limits.unauthenticated_per_address_per_minute;
+    if per_minute > 0 {
+        state
+            .address_limiter
+            .charge(&addr, per_minute, Instant::now());
+    }
+    let elapsed = draft.started.elapsed();
+    let mut response = e.response_for(&draft.request_id);
+    state.metrics.observe(
+        draft.route,
+        response.status().as_u16(),
+        Some(e.code()),
+        elapsed,
+    );
+    if let Ok(v) = HeaderValue::from_str(&draft.request_id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}
+
 /// Appends the request's audit entry, then returns the response; if the
 /// entry cannot be written, the response is withheld and a 503 returned
 /// (its own failure is logged for the operator).
@@ -124,6 +151,12 @@ pub async fn finish(
         Err(e) if e.is_rejection() => (Outcome::Rejected, Some(e.code().to_string())),
         Err(e) => (Outcome::Failed, Some(e.code().to_string())),
     };
+    if let Err(e) = &result
+        && draft.agreement == NOBODY
+        && e.is_rejection()
+    {
+        return refused_unauthenticated(state, draft, e);
+    }
     if let Err(ApiError::Internal { context, source }) = &result {
         eprintln!(
             "agregat: request {} failed in {context}: {source}",

@@ -25,6 +25,7 @@
 //! idle_timeout_seconds = 60       # idle kept-alive connections closed after
 //! max_connections = 0             # 0: below the file-descriptor limit
 //! max_connections_per_address = 256 # behind a proxy: raise to max_connections
+//! unauthenticated_per_address_per_minute = 120  # then 429 before authentication
 //! ```
 //!
 //! At a connection cap, the longest idle connection is closed to admit the
@@ -62,6 +63,10 @@ pub struct ServiceLimits {
     pub max_connections: usize,
     /// Open connections per client address (IPv6: per /64) at most.
     pub max_connections_per_address: usize,
+    /// Unauthenticated refusals an address may collect per minute; when
+    /// they are used up, its `/v1` requests get 429 before authentication
+    /// until the bucket refills. 0: no such limit.
+    pub unauthenticated_per_address_per_minute: u32,
 }
 
 impl Default for ServiceLimits {
@@ -78,6 +83,7 @@ impl Default for ServiceLimits {
             idle_timeout_seconds: 60,
             max_connections: 0,
             max_connections_per_address: 256,
+            unauthenticated_per_address_per_minute: 120,
         }
     }
 }

@@ -428,11 +428,12 @@ impl Connections {
 /// connections at once and waits for the others to finish their request.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    app: Router,
+    state: Arc<super::AppState>,
     cfg: ConnConfig,
-    conns: Arc<Connections>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let app = super::router(Arc::clone(&state));
+    let conns = Arc::clone(&state.metrics.connections);
     let mut tasks = tokio::task::JoinSet::new();
     let mut accept_errors = 0u64;
     loop {
@@ -464,7 +465,10 @@ pub async fn serve(
         tasks.spawn(serve_one(
             stream,
             peer,
-            app.clone(),
+            Served {
+                app: app.clone(),
+                state: Arc::clone(&state),
+            },
             cfg,
             conn,
             Arc::clone(&conns),
@@ -475,15 +479,65 @@ pub async fn serve(
     while tasks.join_next().await.is_some() {}
 }
 
+/// What a connection serves: the router, and the state for the limit
+/// before authentication.
+struct Served {
+    app: Router,
+    state: Arc<super::AppState>,
+}
+
+impl Served {
+    /// The 429 of an address whose unauthenticated refusals are used up,
+    /// before the router (and authentication) sees the request.
+    fn refuse_before_auth(
+        &self,
+        req: &hyper::Request<hyper::body::Incoming>,
+        peer: SocketAddr,
+    ) -> Option<axum::response::Response> {
+        let per_minute = self
+            .state
+            .config
+            .limits
+            .unauthenticated_per_address_per_minute;
+        if per_minute == 0 || !req.uri().path().starts_with("/v1") {
+            return None;
+        }
+        let addr = address_key(peer.ip()).to_string();
+        let retry_after = self
+            .state
+            .address_limiter
+            .peek(&addr, per_minute, Instant::now())
+            .err()?;
+        let e = super::problem::ApiError::AddressRateLimited {
+            address: addr.clone(),
+            per_minute,
+            retry_after,
+        };
+        self.state
+            .refusals
+            .record(self.state.clock.now(), &addr, e.code());
+        self.state
+            .metrics
+            .observe("pre-authentication", 429, Some(e.code()), Duration::ZERO);
+        let id = self.state.ids.next();
+        let mut resp = e.response_for(&id);
+        if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+            resp.headers_mut().insert("x-request-id", v);
+        }
+        Some(resp)
+    }
+}
+
 async fn serve_one(
     stream: TcpStream,
     peer: SocketAddr,
-    app: Router,
+    served: Served,
     cfg: ConnConfig,
     state: Arc<ConnState>,
     conns: Arc<Connections>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let served = Arc::new(served);
     let io = hyper_util::rt::TokioIo::new(Watched {
         stream,
         state: Arc::clone(&state),
@@ -492,11 +546,14 @@ async fn serve_one(
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let in_flight = svc_state.begin();
         req.extensions_mut().insert(ConnectInfo(peer));
-        let app = app.clone();
+        let served = Arc::clone(&served);
         async move {
-            let resp = match app.oneshot(req).await {
-                Ok(r) => r,
-                Err(never) => match never {},
+            let resp = match served.refuse_before_auth(&req, peer) {
+                Some(r) => r,
+                None => match served.app.clone().oneshot(req).await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                },
             };
             Ok::<_, Infallible>(resp.map(|inner| {
                 Body::new(TrackedBody {

@@ -32,6 +32,7 @@ pub mod conn;
 pub mod metrics;
 pub mod problem;
 pub mod ratelimit;
+pub mod refusals;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -149,6 +150,10 @@ pub struct AppState {
     pub saved: SavedQueries,
     pub metrics: Metrics,
     pub limiter: RateLimiter,
+    /// Unauthenticated refusals per client address, before authentication.
+    pub address_limiter: RateLimiter,
+    /// Unauthenticated refusals, counted until they are flushed.
+    pub refusals: refusals::Refusals,
     pub clock: Arc<dyn Clock>,
     ids: audit::RequestIds,
     /// Queries executing at once.
@@ -234,6 +239,8 @@ impl AppState {
             saved,
             metrics: Metrics::default(),
             limiter: RateLimiter::default(),
+            address_limiter: RateLimiter::default(),
+            refusals: refusals::Refusals::default(),
             clock,
             ids: audit::RequestIds::new(),
             query_slots: tokio::sync::Semaphore::new(slots),
@@ -356,6 +363,16 @@ fn spawn_policy_watch(state: Arc<AppState>) {
     });
 }
 
+/// Writes the unauthenticated refusals of every completed minute.
+fn spawn_refusal_flush(state: Arc<AppState>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            refusals::flush(&state, false).await;
+        }
+    });
+}
+
 /// A running server (for tests): its address and a way to stop it.
 pub struct RunningServer {
     pub addr: SocketAddr,
@@ -371,9 +388,12 @@ impl RunningServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(true);
         }
-        self.task
+        let served = self
+            .task
             .await
-            .map_err(|e| ServiceError::Serve(std::io::Error::other(e)))?
+            .map_err(|e| ServiceError::Serve(std::io::Error::other(e)))?;
+        refusals::flush(&self.state, true).await;
+        served
     }
 }
 
@@ -386,11 +406,11 @@ pub async fn start(state: Arc<AppState>) -> Result<RunningServer, ServiceError> 
     let addr = listener.local_addr().map_err(ServiceError::Serve)?;
     spawn_policy_watch(Arc::clone(&state));
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let app = router(Arc::clone(&state));
+    spawn_refusal_flush(Arc::clone(&state));
     let cfg = state.connection_limits();
-    let conns = Arc::clone(&state.metrics.connections);
+    let served = Arc::clone(&state);
     let task = tokio::spawn(async move {
-        conn::serve(listener, app, cfg, conns, rx).await;
+        conn::serve(listener, served, cfg, rx).await;
         Ok(())
     });
     Ok(RunningServer {

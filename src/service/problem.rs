@@ -69,6 +69,14 @@ pub enum ApiError {
         per_minute: u32,
         retry_after: u64,
     },
+    #[error(
+        "too many unauthenticated requests from {address}: at most {per_minute} per minute before authentication; retry after {retry_after} s with a valid token"
+    )]
+    AddressRateLimited {
+        address: String,
+        per_minute: u32,
+        retry_after: u64,
+    },
     #[error("{0}")]
     BudgetExhausted(String),
     #[error("{message}")]
@@ -137,7 +145,7 @@ impl ApiError {
             | E::AgreementNotYetValid { .. }
             | E::StageNotAllowed { .. }
             | E::SavedQueryNotPermitted { .. } => StatusCode::FORBIDDEN,
-            E::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            E::RateLimited { .. } | E::AddressRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             E::BudgetExhausted(_) => StatusCode::CONFLICT,
             E::BadRequest { .. } | E::Parameter(_) | E::AmbiguousCredentials => {
                 StatusCode::BAD_REQUEST
@@ -166,7 +174,7 @@ impl ApiError {
             E::AgreementExpired { .. } => "agreement_expired",
             E::AgreementNotYetValid { .. } => "agreement_not_yet_valid",
             E::StageNotAllowed { .. } => "stage_not_allowed",
-            E::RateLimited { .. } => "rate_limited",
+            E::RateLimited { .. } | E::AddressRateLimited { .. } => "rate_limited",
             E::BudgetExhausted(_) => "budget_exhausted",
             E::BadRequest { code, .. } => code,
             E::NotAcceptable { .. } => "not_acceptable",
@@ -223,6 +231,11 @@ impl ApiError {
     /// The response, with `Retry-After` for rate limits and
     /// `WWW-Authenticate` for authentication failures.
     pub fn into_response_for(self, request_id: &str) -> Response {
+        self.response_for(request_id)
+    }
+
+    /// [`ApiError::into_response_for`] by reference.
+    pub fn response_for(&self, request_id: &str) -> Response {
         let problem = self.problem(request_id);
         let mut resp = (
             self.status(),
@@ -230,7 +243,8 @@ impl ApiError {
             serde_json::to_vec(&problem).unwrap_or_default(),
         )
             .into_response();
-        if let ApiError::RateLimited { retry_after, .. } = &self
+        if let ApiError::RateLimited { retry_after, .. }
+        | ApiError::AddressRateLimited { retry_after, .. } = self
             && let Ok(v) = HeaderValue::from_str(&retry_after.to_string())
         {
             resp.headers_mut().insert(header::RETRY_AFTER, v);

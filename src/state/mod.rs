@@ -17,8 +17,9 @@
 //!
 //! # Audit log: append-only and tamper-evident
 //!
-//! Every request, accepted, rejected or failed, is [`StateStore::append`]ed
-//! as an [`AuditEntry`]. The stored [`AuditRecord`] gets a sequence number
+//! Every authenticated request, accepted, rejected or failed, is
+//! [`StateStore::append`]ed as an [`AuditEntry`]; unauthenticated refusals
+//! are counted per minute, address and code instead ([`RefusalCount`]). The stored [`AuditRecord`] gets a sequence number
 //! (1, 2, 3, … with no gaps), the previous record's hash (`prev_hash`; 64
 //! zeros for the first record) and its own `hash`: SHA-256, in lower-case
 //! hex, over a canonical serialisation, namely serde_json of a struct with a
@@ -103,6 +104,19 @@ pub trait StateStore: Send + Sync {
 
     /// Recomputes every hash and checks every link of the audit chain.
     fn verify(&self) -> Result<ChainReport, StateError>;
+
+    /// Adds counts of unauthenticated refusals: a row per minute, client
+    /// address and code, its count increased when the row exists (so a
+    /// minute flushed in parts adds up).
+    fn add_refusals(&self, counts: &[RefusalCount]) -> Result<(), StateError>;
+
+    /// Refusal counts whose minute is in `[from, to)` (RFC 3339 bounds,
+    /// either may be left open), oldest first.
+    fn refusals(
+        &self,
+        from: Option<&str>,
+        to: Option<&str>,
+    ) -> Result<Vec<RefusalCount>, StateError>;
 
     /// Audit records whose time is in `[from, to)` (either bound may be
     /// left open), in sequence order. Bounds are RFC 3339 timestamps.
@@ -228,6 +242,23 @@ pub struct AuditEntry {
     pub request_id: Option<String>,
     /// Catalog elements the query touched (validated plans only), sorted.
     pub elements: Vec<String>,
+}
+
+/// Unauthenticated refusals (no, a malformed, an unknown or two
+/// credentials; an unknown `/v1` route; the per-address limit before
+/// authentication) of one client address in one minute, with one code.
+/// They are counted rather than written one audit row each, so a flood of
+/// wrong tokens cannot fill the disk; nothing was released to them and no
+/// agreement is involved, so they are not part of the hash chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusalCount {
+    /// Start of the minute, RFC 3339 UTC (`2026-11-28T03:00:00Z`).
+    pub minute: String,
+    /// The client's address (IPv6: its /64), or `""` when unknown.
+    pub client_addr: String,
+    /// The refusal's stable code, e.g. `token_unknown`.
+    pub code: String,
+    pub count: u64,
 }
 
 /// A stored audit entry.

@@ -1,11 +1,11 @@
 //! [`StateStore`] on an embedded SQLite file (see the parent module).
 
+use super::private;
 use super::{
     AuditEntry, AuditRecord, BUDGET_TOLERANCE, BreakReason, BrokenLink, ChainReport, GENESIS_HASH,
-    LedgerRow, LedgerState, Outcome, Reservation, StateError, StateStore, chain_hash,
+    LedgerRow, LedgerState, Outcome, RefusalCount, Reservation, StateError, StateStore, chain_hash,
     is_valid_period, rfc3339_millis, validate_amount, validate_entry,
 };
-use super::private;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -69,6 +69,18 @@ CREATE TABLE dp_release_cache (
     created_at TEXT NOT NULL,
     release    BLOB NOT NULL
 );
+"#,
+    r#"
+-- Unauthenticated refusals, counted per client address, minute and code
+-- instead of one audit row each (see StateStore::add_refusals).
+CREATE TABLE refusal_counts (
+    minute      TEXT    NOT NULL,
+    minute_ms   INTEGER NOT NULL,
+    client_addr TEXT    NOT NULL,
+    code        TEXT    NOT NULL,
+    count       INTEGER NOT NULL CHECK (count > 0),
+    PRIMARY KEY (minute_ms, client_addr, code)
+) WITHOUT ROWID;
 "#,
 ];
 
@@ -337,6 +349,19 @@ fn read_ledger_row(r: &Row<'_>) -> rusqlite::Result<(LedgerRow, String)> {
     ))
 }
 
+/// A time bound in milliseconds: `default` when absent.
+fn time_bound(v: Option<&str>, default: i64) -> Result<i64, StateError> {
+    match v {
+        None => Ok(default),
+        Some(s) => rfc3339_millis(s)
+            .map(|(ms, _)| ms)
+            .map_err(|detail| StateError::InvalidTime {
+                value: s.to_string(),
+                detail,
+            }),
+    }
+}
+
 fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
@@ -543,25 +568,82 @@ impl StateStore for SqliteStore {
         })
     }
 
+    fn add_refusals(&self, counts: &[RefusalCount]) -> Result<(), StateError> {
+        let mut checked = Vec::with_capacity(counts.len());
+        for c in counts {
+            let (ms, _) = rfc3339_millis(&c.minute).map_err(|detail| StateError::InvalidTime {
+                value: c.minute.clone(),
+                detail,
+            })?;
+            if c.count == 0 || c.code.is_empty() {
+                return Err(StateError::InvalidEntry {
+                    field: "refusal count",
+                    detail: format!("{c:?} needs a code and a count above 0"),
+                });
+            }
+            checked.push((ms, c));
+        }
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sq("starting to add refusal counts"))?;
+        {
+            let mut stmt = tx
+                .prepare(
+                    "INSERT INTO refusal_counts (minute, minute_ms, client_addr, code, count) \
+                     VALUES (?1, ?2, ?3, ?4, ?5) \
+                     ON CONFLICT (minute_ms, client_addr, code) DO UPDATE SET count = count + excluded.count",
+                )
+                .map_err(sq("adding refusal counts"))?;
+            for (ms, c) in checked {
+                stmt.execute(params![
+                    c.minute,
+                    ms,
+                    c.client_addr,
+                    c.code,
+                    to_i64(c.count)
+                ])
+                .map_err(sq("adding refusal counts"))?;
+            }
+        }
+        tx.commit().map_err(sq("committing refusal counts"))
+    }
+
+    fn refusals(
+        &self,
+        from: Option<&str>,
+        to: Option<&str>,
+    ) -> Result<Vec<RefusalCount>, StateError> {
+        let from_ms = time_bound(from, i64::MIN)?;
+        let to_ms = time_bound(to, i64::MAX)?;
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT minute, client_addr, code, count FROM refusal_counts \
+                 WHERE minute_ms >= ?1 AND minute_ms < ?2 ORDER BY minute_ms, client_addr, code",
+            )
+            .map_err(sq("querying the refusal counts"))?;
+        let rows = stmt
+            .query_map(params![from_ms, to_ms], |r| {
+                Ok(RefusalCount {
+                    minute: r.get(0)?,
+                    client_addr: r.get(1)?,
+                    code: r.get(2)?,
+                    count: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                })
+            })
+            .map_err(sq("querying the refusal counts"))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(sq("reading a refusal count"))
+    }
+
     fn entries(
         &self,
         from: Option<&str>,
         to: Option<&str>,
     ) -> Result<Vec<AuditRecord>, StateError> {
-        let bound =
-            |v: Option<&str>, default: i64| -> Result<i64, StateError> {
-                match v {
-                    None => Ok(default),
-                    Some(s) => rfc3339_millis(s).map(|(ms, _)| ms).map_err(|detail| {
-                        StateError::InvalidTime {
-                            value: s.to_string(),
-                            detail,
-                        }
-                    }),
-                }
-            };
-        let from_ms = bound(from, i64::MIN)?;
-        let to_ms = bound(to, i64::MAX)?;
+        let from_ms = time_bound(from, i64::MIN)?;
+        let to_ms = time_bound(to, i64::MAX)?;
         let conn = self.lock();
         let mut stmt = conn
             .prepare(&format!(
