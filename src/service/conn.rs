@@ -97,6 +97,8 @@ pub struct FdLimit {
 }
 
 /// The current `RLIMIT_NOFILE` (`None` off Unix or when unknown).
+// `rlim_t` is u64 on Linux but not on every Unix: the casts stay.
+#[allow(clippy::unnecessary_cast)]
 pub fn fd_limit() -> Option<FdLimit> {
     #[cfg(unix)]
     {
@@ -121,6 +123,7 @@ pub fn fd_limit() -> Option<FdLimit> {
 /// Raises the file-descriptor soft limit to the hard limit (at most
 /// 1,048,576) where the system allows it, and returns the limit in force
 /// afterwards with the soft limit found before.
+#[allow(clippy::unnecessary_cast)]
 pub fn raise_fd_limit() -> Option<(u64, FdLimit)> {
     let before = fd_limit()?;
     #[cfg(unix)]
