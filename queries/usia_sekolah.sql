@@ -29,5 +29,5 @@ SELECT
 FROM penduduk
 WHERE umur_pada(tanggal_lahir, DATE '{{tahun_ajaran}}-07-01') BETWEEN 5 AND 18
     {{#kecamatan}} AND kode_kec = {{kecamatan}} {{/kecamatan}}
-GROUP BY 1, 2, 3, 4
+GROUP BY 1, 2, 3
 ORDER BY 1, 2, 3

@@ -10,9 +10,10 @@
 -- description = "Batasi ke satu kecamatan (kode Kemendagri, mis. 61.71.01)"
 SELECT
     kode_kel,
+    wajib_ktp(umur(tanggal_lahir), status_perkawinan) AS wajib_ktp,
     COUNT(*) AS jumlah
 FROM penduduk
-WHERE (umur(tanggal_lahir) >= 17 OR status_perkawinan <> 'BELUM KAWIN')
+WHERE wajib_ktp(umur(tanggal_lahir), status_perkawinan) = 'WAJIB'
     {{#kecamatan}} AND kode_kec = {{kecamatan}} {{/kecamatan}}
-GROUP BY 1
+GROUP BY 1, 2
 ORDER BY 1

@@ -169,7 +169,13 @@ impl Error {
             Error::PTable(_) | Error::Suppress(_) => ErrorCategory::Usage,
             Error::PTableCheck { .. } => ErrorCategory::InvalidData,
             Error::Saved(_) => ErrorCategory::Usage,
-            Error::State(e) if matches!(**e, crate::state::StateError::BudgetExhausted { .. }) => {
+            Error::State(e)
+                if matches!(
+                    **e,
+                    crate::state::StateError::BudgetExhausted { .. }
+                        | crate::state::StateError::LifetimeExhausted { .. }
+                ) =>
+            {
                 ErrorCategory::Limit
             }
             Error::State(e)

@@ -544,7 +544,14 @@ fn serve(args: ServeArgs) -> Result<(), agregat::Error> {
     use agregat::service::{AppState, SystemClock, run_until_signal};
     use std::sync::Arc;
     let config = serve_config(args)?;
-    let runtime = tokio::runtime::Runtime::new().map_err(agregat::Error::Runtime)?;
+    // Worker threads get the main thread's 8 MiB stack, not tokio's 2 MiB:
+    // the gate refuses deep expressions before any recursive walk, and this
+    // is the margin behind that limit.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(8 << 20)
+        .build()
+        .map_err(agregat::Error::Runtime)?;
     runtime.block_on(async {
         let demo = config.demo_tokens.clone();
         let listen = config.listen;

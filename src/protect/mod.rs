@@ -47,6 +47,13 @@ use self::suppress::{GridCell, GridTable, Suppression};
 use crate::query::validate::AggregateKind;
 use crate::query::{Code, QueryError};
 
+/// The holding rule (tau-ARGUS): a person cell is released only when its
+/// people come from at least this many households, judged on the cell's
+/// perturbed household count. Like the threshold k it protects groups; an
+/// agreement without a threshold (k = 1, in tests only: agreement files
+/// require k >= 3) has neither.
+pub const MIN_HOUSEHOLDS: u64 = 3;
+
 /// Name of the per-row status column.
 pub const SUPPRESSION_COLUMN: &str = "suppression";
 
@@ -82,6 +89,24 @@ pub struct Protection {
 }
 
 impl Protection {
+    /// Whether a query must be a table ([`crate::query::table`]): under the
+    /// cell-key method every released count is a table cell whose noise is
+    /// keyed by its contributors; differential privacy's accounting covers
+    /// arbitrary predicates.
+    pub fn releases_tables(&self) -> bool {
+        matches!(self.method, Method::CellKey { .. })
+    }
+
+    /// The variance of the noise on one released cell under the cell-key
+    /// method (the ptable's `V`); 0 under differential privacy, whose
+    /// accounting bounds averaging by itself.
+    pub fn noise_variance(&self) -> f64 {
+        match &self.method {
+            Method::CellKey { ptable, .. } => ptable.params().map_or(0.0, |p| p.variance),
+            Method::Dp { .. } => 0.0,
+        }
+    }
+
     /// Cell-key with a generated ptable (D = 5, V = 2, js = 2, 256 keys) and
     /// k = 10.
     pub fn default_cell_key() -> Protection {
@@ -302,6 +327,12 @@ pub(crate) struct TrueTable<'a> {
     pub key_columns: usize,
     pub aggregates: &'a [AggregateKind],
     pub grouping_sets: usize,
+    /// The aggregate has grouping sets, so its last key column is
+    /// DataFusion's grouping id (read from the plan, not from a name).
+    pub grouping_id: bool,
+    /// The batch ends with each cell's distinct households and their key
+    /// (after the cell keys), for the holding rule.
+    pub holding: bool,
     pub snapshot: String,
     pub tanggal_data: String,
 }
@@ -334,8 +365,8 @@ struct Layout {
 }
 
 fn layout(t: &TrueTable<'_>) -> Layout {
-    let schema = t.batch.schema();
-    let has_gid = t.key_columns > 0 && schema.field(t.key_columns - 1).name() == "__grouping_id";
+    // From the plan (the aggregate has grouping sets), never from a name.
+    let has_gid = t.grouping_id && t.key_columns > 0;
     let grouping_ids = has_gid.then(|| {
         let a = cast(t.batch.column(t.key_columns - 1), &DataType::UInt64).expect("grouping id");
         let a = a.as_primitive::<datafusion::arrow::datatypes::UInt64Type>();
@@ -354,26 +385,33 @@ fn key_string(a: &ArrayRef, row: usize) -> String {
     datafusion::arrow::util::display::array_value_to_string(a, row).unwrap_or_default()
 }
 
-fn sparsity_error(what: &str, share1: f64, share12: f64) -> QueryError {
+fn sparsity_error(what: &str) -> QueryError {
     QueryError::new(
         Code::TableTooSparse,
         format!(
-            "{what} is too sparse to release ({:.0}% of non-empty cells are 1, {:.0}% are 1 or 2); use coarser dimensions, e.g. kelompok_umur(umur(tanggal_lahir), 5) instead of single years, or kode_kec instead of kode_kel",
-            share1 * 100.0,
-            share12 * 100.0
+            "{what} is too sparse to release: most of its non-empty cells would be withheld; use coarser dimensions, e.g. kelompok_umur(umur(tanggal_lahir), 5) instead of single years, or kode_kec instead of kode_kel"
         ),
     )
 }
 
-fn sparse(counts: &[i64], rule: &SparsityRule) -> Option<(f64, f64)> {
-    let nonzero = counts.iter().filter(|&&c| c != 0).count();
+/// The sparsity rule on released values: among the cells released as
+/// non-zero, the share released below `k` (withheld) exceeds the rule's
+/// `max_ones_twos_share`, or the share released at the smallest published
+/// values (below `k / 2`) exceeds `max_ones_share`. It reads only what the
+/// release would show, so a refusal says nothing a release would not.
+fn sparse(released: &[i64], k: u64, rule: &SparsityRule) -> bool {
+    let nonzero = released.iter().filter(|&&c| c > 0).count();
     if nonzero == 0 {
-        return None;
+        return false;
     }
-    let ones = counts.iter().filter(|&&c| c == 1).count() as f64 / nonzero as f64;
-    let twos = counts.iter().filter(|&&c| c == 2).count() as f64 / nonzero as f64;
-    (ones > rule.max_ones_share || ones + twos > rule.max_ones_twos_share)
-        .then_some((ones, ones + twos))
+    let share = |limit: u64| {
+        released
+            .iter()
+            .filter(|&&c| c > 0 && (c as u64) < limit)
+            .count() as f64
+            / nonzero as f64
+    };
+    share(k) > rule.max_ones_twos_share || share(k.div_ceil(2)) > rule.max_ones_share
 }
 
 /// What a DP release of a validated plan would charge and how precise it
@@ -398,6 +436,21 @@ pub fn check_aggregates(method: &Method, aggregates: &[AggregateKind]) -> Result
         return Err(QueryError::new(
             Code::AggregateNotAllowed,
             "SUM and AVG are released only under differential privacy; this agreement uses the cell-key method, so count people instead (e.g. COUNT(*) per age band)",
+        ));
+    }
+    let counted = aggregates.iter().any(|a| {
+        matches!(
+            a,
+            AggregateKind::CountRows
+                | AggregateKind::CountColumn
+                | AggregateKind::CountHouseholds
+                | AggregateKind::Avg { .. }
+        )
+    });
+    if sums && !counted {
+        return Err(QueryError::new(
+            Code::AggregateNotAllowed,
+            "a SUM is released only next to a count of the same cells, because the threshold k applies to the noisy count of every released row; add COUNT(*) to the query",
         ));
     }
     Ok(())
@@ -499,11 +552,60 @@ pub(crate) fn protect(
         Method::CellKey { ptable, k: kk } => {
             k = *kk;
             check_aggregates(&protection.method, t.aggregates)?;
-            let counts: Vec<Vec<i64>> = (0..t.aggregates.len())
-                .map(|i| int_values(agg_col(i)))
+            // 1. Perturb every count cell: the key is the sum of the keys
+            // of exactly the people (or households) the cell counts.
+            let range = i64::from(ptable.key_range());
+            let mut noisy: Vec<Option<Vec<i64>>> = Vec::with_capacity(t.aggregates.len());
+            let mut key_idx = 0;
+            for (i, kind) in t.aggregates.iter().enumerate() {
+                if !is_count(kind) {
+                    noisy.push(None);
+                    continue;
+                }
+                let truth = int_values(agg_col(i));
+                let keys = int_values(t.batch.column(t.key_columns + t.aggregates.len() + key_idx));
+                key_idx += 1;
+                noisy.push(Some(
+                    (0..rows)
+                        .map(|r| {
+                            let key = keys[r].rem_euclid(range) as u32;
+                            ptable.perturb(truth[r].max(0) as u64, key) as i64
+                        })
+                        .collect(),
+                ));
+            }
+            // The holding rule's households, perturbed like any household
+            // count: people from fewer than MIN_HOUSEHOLDS families describe
+            // a family, not a group.
+            let families: Option<Vec<i64>> = t.holding.then(|| {
+                let base = t.key_columns + t.aggregates.len() + key_idx;
+                let truth = int_values(t.batch.column(base));
+                let keys = int_values(t.batch.column(base + 1));
+                (0..rows)
+                    .map(|r| {
+                        ptable.perturb(truth[r].max(0) as u64, keys[r].rem_euclid(range) as u32)
+                            as i64
+                    })
+                    .collect()
+            });
+            // From here on, every rule reads released values only.
+            let released_counts: Vec<&Vec<i64>> = noisy.iter().flatten().collect();
+            // 2. Withheld: any count of the row released below k, zeros
+            // included, so a withheld cell and an empty one look the same;
+            // and person cells whose households are released below
+            // MIN_HOUSEHOLDS.
+            let below: Vec<bool> = (0..rows)
+                .map(|r| {
+                    released_counts.iter().any(|c| (c[r] as u64) < k)
+                        || (k > 1
+                            && families
+                                .as_ref()
+                                .is_some_and(|f| (f[r] as u64) < MIN_HOUSEHOLDS))
+                })
                 .collect();
-            // Sparsity, on the interior cells of the first count.
-            if let Some(fc) = first_count {
+            // 3. Sparsity, on the released interior cells of the first count:
+            // a table (or an area) whose non-empty cells are mostly below k.
+            if let Some(first) = released_counts.first() {
                 let first_is_region =
                     lay.dims > 0 && t.batch.schema().field(0).name().starts_with("kode_");
                 if first_is_region {
@@ -512,10 +614,10 @@ pub(crate) fn protect(
                         areas
                             .entry(key_string(t.batch.column(0), r))
                             .or_default()
-                            .push(counts[fc][r]);
+                            .push(first[r]);
                     }
                     for (area, cells) in &areas {
-                        if sparse(cells, &protection.sparsity).is_some() {
+                        if sparse(cells, k, &protection.sparsity) {
                             blocked_areas.push(area.clone());
                         }
                     }
@@ -529,65 +631,89 @@ pub(crate) fn protect(
                 } else {
                     let cells: Vec<i64> = (0..rows)
                         .filter(|&r| interior[r])
-                        .map(|r| counts[fc][r])
+                        .map(|r| first[r])
                         .collect();
-                    if let Some((s1, s12)) = sparse(&cells, &protection.sparsity) {
-                        return Err(sparsity_error("the table", s1, s12));
+                    if sparse(&cells, k, &protection.sparsity) {
+                        return Err(sparsity_error("the table"));
                     }
                 }
             }
-            // Primary and secondary suppression on true counts. Margins are
-            // additive in COUNT(*) and COUNT(col), not in household counts.
+            // 4. Complementary suppression when the table has margins, so
+            // no withheld cell can be estimated from its totals. The choice
+            // is made on released values: the interior as released, margins
+            // recomputed as sums of released interior cells.
             let additive = t
                 .aggregates
                 .iter()
                 .position(|a| matches!(a, AggregateKind::CountRows | AggregateKind::CountColumn))
                 .or(first_count);
-            let value: Vec<u64> = match additive {
-                Some(i) => counts[i].iter().map(|&c| c.max(0) as u64).collect(),
-                None => vec![0; rows],
-            };
-            let any_small: Vec<bool> = (0..rows)
-                .map(|r| counts.iter().any(|c| c[r] > 0 && (c[r] as u64) < k))
-                .collect();
-            let mut pattern: Vec<Option<Suppression>> =
-                if let Some(gids) = lay.grouping_ids.as_ref().filter(|_| t.grouping_sets > 1) {
-                    let dims: Vec<String> = (0..lay.dims)
-                        .map(|j| t.batch.schema().field(j).name().clone())
-                        .collect();
-                    let cells = (0..rows)
-                        .map(|r| GridCell {
-                            coords: (0..lay.dims)
-                                .map(|j| {
-                                    (!rolled_up(gids[r], j, lay.dims))
-                                        .then(|| key_string(t.batch.column(j), r))
-                                })
-                                .collect(),
-                            value: value[r],
-                        })
-                        .collect();
-                    let grid = GridTable { dims, cells };
-                    match suppress::suppress(&grid, k) {
-                        Ok(p) => p,
-                        // Margins that are not sums of their parts (household
-                        // counts): withhold every margin, so none can be used.
-                        Err(_) => (0..rows)
-                            .map(|r| {
-                                if any_small[r] {
-                                    Some(Suppression::Primary)
-                                } else if gids[r] != 0 {
-                                    Some(Suppression::Secondary)
-                                } else {
-                                    None
-                                }
+            let mut pattern: Vec<Option<Suppression>> = vec![None; rows];
+            if let (Some(gids), Some(a)) = (
+                lay.grouping_ids.as_ref().filter(|_| t.grouping_sets > 1),
+                additive,
+            ) {
+                let values = noisy[a].as_ref().expect("a count");
+                let dims: Vec<String> = (0..lay.dims)
+                    .map(|j| t.batch.schema().field(j).name().clone())
+                    .collect();
+                let coords: Vec<Vec<Option<String>>> = (0..rows)
+                    .map(|r| {
+                        (0..lay.dims)
+                            .map(|j| {
+                                (!rolled_up(gids[r], j, lay.dims))
+                                    .then(|| key_string(t.batch.column(j), r))
                             })
-                            .collect(),
+                            .collect()
+                    })
+                    .collect();
+                let inner: Vec<usize> = (0..rows).filter(|&r| gids[r] == 0).collect();
+                let value = |r: usize| -> u64 {
+                    if gids[r] == 0 {
+                        return values[r].max(0) as u64;
                     }
-                } else {
-                    vec![None; rows]
+                    inner
+                        .iter()
+                        .filter(|&&i| {
+                            coords[r]
+                                .iter()
+                                .zip(&coords[i])
+                                .all(|(m, c)| m.is_none() || m == c)
+                        })
+                        .map(|&i| values[i].max(0) as u64)
+                        .sum()
                 };
+                let grid = GridTable {
+                    dims,
+                    cells: (0..rows)
+                        .map(|r| GridCell {
+                            coords: coords[r].clone(),
+                            value: value(r),
+                        })
+                        .collect(),
+                };
+                pattern = match (
+                    inner.is_empty(),
+                    suppress::suppress_around(&grid, k, &below),
+                ) {
+                    (false, Ok(p)) => p,
+                    // Margins without their interior (GROUPING SETS of
+                    // separate dimensions), or household counts: withhold
+                    // every margin, so none can be used.
+                    _ => (0..rows)
+                        .map(|r| {
+                            if below[r] {
+                                Some(Suppression::Primary)
+                            } else if gids[r] != 0 {
+                                Some(Suppression::Secondary)
+                            } else {
+                                None
+                            }
+                        })
+                        .collect(),
+                };
+            }
             for r in 0..rows {
-                if any_small[r] && pattern[r].is_none() {
+                if below[r] && pattern[r].is_none() {
                     pattern[r] = Some(Suppression::Primary);
                 }
             }
@@ -607,28 +733,12 @@ pub(crate) fn protect(
                     None => {}
                 }
             }
-            // Perturb.
-            let nkey = t.aggregates.iter().filter(|a| is_count(a)).count();
-            let mut key_idx = 0;
-            for (i, kind) in t.aggregates.iter().enumerate() {
-                if !is_count(kind) {
-                    released.push(Arc::clone(agg_col(i)));
-                    continue;
+            for (i, n) in noisy.into_iter().enumerate() {
+                match n {
+                    None => released.push(Arc::clone(agg_col(i))),
+                    Some(v) => released.push(Arc::new(Int64Array::from(v))),
                 }
-                let keys = int_values(t.batch.column(t.key_columns + t.aggregates.len() + key_idx));
-                key_idx += 1;
-                let range = i64::from(ptable.key_range());
-                let out: Int64Array = (0..rows)
-                    .map(|r| {
-                        status[r].is_none().then(|| {
-                            let key = keys[r].rem_euclid(range) as u32;
-                            ptable.perturb(counts[i][r].max(0) as u64, key) as i64
-                        })
-                    })
-                    .collect();
-                released.push(Arc::new(out));
             }
-            debug_assert_eq!(key_idx, nkey);
             let params = ptable.params();
             method = "cell_key";
             ptable_info = Some(PtableInfo {
@@ -650,7 +760,9 @@ pub(crate) fn protect(
             let dp_err = |e: dp::DpError| {
                 QueryError::new(Code::InvalidValue, format!("differential privacy: {e}"))
             };
-            let mut noisy_first: Option<Vec<i64>> = None;
+            // Every noisy count of the row (AVG's counts included): the
+            // threshold applies to each.
+            let mut noisy_counts: Vec<Vec<i64>> = Vec::new();
             let mut avg_seen = 0;
             for (i, kind) in t.aggregates.iter().enumerate() {
                 let name = schema.field(t.key_columns + i).name().clone();
@@ -664,9 +776,7 @@ pub(crate) fn protect(
                         charge += rel.charge.value();
                         columns.insert(name, DpColumn::of(&rel));
                         let v: Vec<i64> = rel.values.iter().map(|&x| x.max(0)).collect();
-                        if noisy_first.is_none() {
-                            noisy_first = Some(v.clone());
-                        }
+                        noisy_counts.push(v.clone());
                         Arc::new(Int64Array::from(v))
                     }
                     AggregateKind::Sum { lo, hi } => {
@@ -700,6 +810,7 @@ pub(crate) fn protect(
                         let c =
                             dp::noisy_counts(&counts, t.grouping_sets, share).map_err(dp_err)?;
                         charge += s.charge.value() + c.charge.value();
+                        noisy_counts.push(c.values.clone());
                         columns.insert(name, DpColumn::of(&s));
                         let v: Float64Array = (0..rows)
                             .map(|r| {
@@ -714,13 +825,13 @@ pub(crate) fn protect(
                 };
                 released.push(col);
             }
-            // Threshold on noisy values only.
-            if let Some(noisy) = &noisy_first {
-                for r in 0..rows {
-                    if noisy[r] > 0 && (noisy[r] as u64) < k {
-                        status[r] = Some("primary");
-                        primary += 1;
-                    }
+            // Threshold on noisy values only, on every count of the row. A
+            // noisy zero is a differentially private value like any other
+            // and is published.
+            for r in 0..rows {
+                if noisy_counts.iter().any(|n| n[r] > 0 && (n[r] as u64) < k) {
+                    status[r] = Some("primary");
+                    primary += 1;
                 }
             }
             method = "dp";

@@ -270,9 +270,59 @@ pub fn suppress(table: &GridTable, k: u64) -> Result<Vec<Option<Suppression>>, S
     }
 
     let primary: Vec<bool> = values.iter().map(|&v| v >= 1 && v < k).collect();
-    let forced: Vec<bool> = values.iter().map(|&v| v == 0).collect();
-    let mut suppressed = gauss_with_small_groups(&model, &values, k, &forced, &primary);
-    repair(&model, &values, k, &forced, &mut suppressed).map_err(|e| match e {
+    pattern(table, &model, &values, k, &primary)
+}
+
+/// Secondary suppression around a given set of withheld cells: the cells
+/// in `primary` are withheld, and complementary cells are chosen so that
+/// none of them is derivable from the published ones. The values (which
+/// must be additive, as in [`suppress`]) only steer the choice of
+/// complements. The service passes released values here, so the pattern
+/// depends on nothing the release does not show.
+pub fn suppress_around(
+    table: &GridTable,
+    k: u64,
+    primary: &[bool],
+) -> Result<Vec<Option<Suppression>>, SuppressError> {
+    let model = Model::build(table);
+    let values: Vec<u64> = table.cells.iter().map(|c| c.value).collect();
+    for (i, cover) in model.cover.iter().enumerate() {
+        if model.inner_of[i].is_some() {
+            continue;
+        }
+        let sum: u128 = cover
+            .iter()
+            .map(|&j| u128::from(values[model.inner_cells[j as usize]]))
+            .sum();
+        if sum != u128::from(values[i]) {
+            return Err(SuppressError::Inconsistent {
+                index: i,
+                cell: describe(table, i),
+                value: values[i],
+                sum,
+            });
+        }
+    }
+    let primary: Vec<bool> = (0..values.len())
+        .map(|i| primary.get(i).copied().unwrap_or(false))
+        .collect();
+    pattern(table, &model, &values, k, &primary)
+}
+
+fn pattern(
+    table: &GridTable,
+    model: &Model,
+    values: &[u64],
+    k: u64,
+    primary: &[bool],
+) -> Result<Vec<Option<Suppression>>, SuppressError> {
+    let forced: Vec<bool> = values
+        .iter()
+        .zip(primary)
+        .map(|(&v, &p)| v == 0 && !p)
+        .collect();
+    let mut suppressed = gauss_with_small_groups(model, values, k, &forced, primary);
+    repair(model, values, k, &forced, &mut suppressed).map_err(|e| match e {
         RepairError::Overflow => SuppressError::Overflow,
         RepairError::Unprotectable(i) => SuppressError::Unprotectable {
             cell: describe(table, i),
@@ -281,7 +331,7 @@ pub fn suppress(table: &GridTable, k: u64) -> Result<Vec<Option<Suppression>>, S
 
     Ok(suppressed
         .iter()
-        .zip(&primary)
+        .zip(primary)
         .map(|(&s, &p)| match (s, p) {
             (false, _) => None,
             (true, true) => Some(Suppression::Primary),

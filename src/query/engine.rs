@@ -51,6 +51,9 @@ pub struct Engine {
     /// DP releases by agreement, budget and canonical aggregate plan: the
     /// same question gets the identical answer and costs nothing again.
     releases: std::sync::Mutex<std::collections::HashMap<String, crate::protect::ProtectedTable>>,
+    /// What each agreement's cell-key tables have released about each
+    /// margin of this snapshot (see [`super::margins`]).
+    margins: super::margins::MarginMemory,
 }
 
 /// Released DP tables kept per engine before the cache is cleared.
@@ -96,6 +99,7 @@ impl Engine {
             config,
             grids: Default::default(),
             releases: Default::default(),
+            margins: Default::default(),
         })
     }
 
@@ -122,6 +126,29 @@ impl Engine {
             }
             r.insert(key, table);
         }
+    }
+
+    /// Drops a release whose charge could not be committed: no cache may
+    /// hold a release that the ledger does not.
+    pub(crate) fn forget_release(&self, key: &str) {
+        if let Ok(mut r) = self.releases.lock() {
+            r.remove(key);
+        }
+    }
+
+    pub(crate) fn margins(&self) -> &super::margins::MarginMemory {
+        &self.margins
+    }
+
+    /// The margins of an agreement's released tables on this snapshot that
+    /// are closest to the averaging floor (worst first), for `/v1/budget`.
+    pub fn margin_state(
+        &self,
+        agreement: &crate::agreement::Agreement,
+        limit: usize,
+    ) -> Vec<super::margins::MarginState> {
+        self.margins
+            .state(&agreement.id, agreement.protection.noise_variance(), limit)
     }
 
     pub(crate) fn cached_grid(&self, key: &str) -> Option<datafusion::arrow::array::RecordBatch> {

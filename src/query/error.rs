@@ -69,6 +69,10 @@ codes! {
     InvalidValue => "invalid_value",
     QueryTimeout => "query_timeout",
     ResourcesExhausted => "resources_exhausted",
+    NotATable => "not_a_table",
+    ReservedName => "reserved_name",
+    QueryTooComplex => "query_too_complex",
+    MarginRepartitioned => "margin_repartitioned",
 }
 
 impl Code {

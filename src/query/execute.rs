@@ -37,7 +37,7 @@ use super::engine::{Engine, PENDUDUK};
 use super::error::{Code, EngineError, QueryError, RunError, clean_message};
 use super::plan::sql_to_plan;
 use super::udf::MAX_AGE;
-use super::validate::{AggregateKind, ValidatedPlan, validate};
+use super::validate::{AggregateKind, ValidatedPlan, scope_predicate, validate};
 use crate::agreement::Agreement;
 use crate::catalog::{self, Domain, RegionLevel};
 use crate::generate::{date_to_days, days_to_date};
@@ -212,6 +212,17 @@ async fn run_inner(
 ) -> Result<QueryResult, RunError> {
     let grid = grid(engine, &validated, agreement).await?;
     check_cells(grid.num_rows(), agreement)?;
+    // Cell-key: a table that would let averaging pin one of its margins is
+    // refused before any personal data is read.
+    if let Some(spec) = validated.table() {
+        let restricted = restrictions(engine, &validated, spec, agreement).await?;
+        let estimates = margin_estimates(spec, &restricted, &grid);
+        engine.margins().admit(
+            &agreement.id,
+            agreement.protection.noise_variance(),
+            &estimates,
+        )?;
+    }
     // DP: the same canonical question (aggregate plan: whitespace, aliases
     // and ORDER BY do not matter) on this snapshot for this agreement and
     // budget returns the identical release and charges nothing.
@@ -230,7 +241,9 @@ async fn run_inner(
         });
     }
     let aggregate = match &agreement.protection.method {
-        Method::CellKey { ptable, .. } => with_cell_keys(&validated, ptable.key_range())?,
+        Method::CellKey { ptable, .. } => {
+            with_cell_keys(&validated, ptable.key_range(), &agreement.scope)?
+        }
         Method::Dp { .. } => with_avg_parts(&validated)?,
     };
     let found = collect(engine, aggregate).await?;
@@ -244,6 +257,8 @@ async fn run_inner(
             key_columns: key_columns(&validated, &grid),
             aggregates: &validated.aggregates,
             grouping_sets: validated.grouping_sets,
+            grouping_id: validated.has_grouping_id(),
+            holding: holds_households(&validated),
             snapshot: snapshot.id().to_string(),
             tanggal_data: snapshot.manifest.tanggal_data.to_string(),
         },
@@ -593,6 +608,243 @@ fn with_penduduk_source(plan: &LogicalPlan, table: Arc<MemTable>) -> Result<Logi
         .map_err(|e| EngineError::DataFusion(e).into())
 }
 
+/// The caller's category restrictions of a table, canonical: per
+/// restricted dimension, the categories its conditions select within the
+/// public domain, found by running the conditions over the domain table (so
+/// `umur(...) < 200` and no condition at all are the same, and so are two
+/// spellings of one selection), with the variables they read. Also checks
+/// that every condition selects whole categories of the table's own
+/// dimensions over the same variable (e.g. `umur BETWEEN 15 AND 64` with
+/// 5-year bands, not with `umur_pada` on another date). Reads no personal
+/// data.
+async fn restrictions(
+    engine: &Engine,
+    v: &ValidatedPlan,
+    spec: &super::table::TableSpec,
+    agreement: &Agreement,
+) -> Result<Vec<(String, BTreeSet<String>)>, RunError> {
+    if spec.restrictions().is_empty() {
+        return Ok(Vec::new());
+    }
+    let LogicalPlan::Aggregate(agg) = v.aggregate() else {
+        return Ok(Vec::new());
+    };
+    let engine_err =
+        |e: datafusion::error::DataFusionError| RunError::from(EngineError::DataFusion(e));
+    let domain = domain_table(engine, v, agreement)?;
+    let mem = Arc::new(
+        MemTable::try_new(domain.schema(), vec![vec![domain]]).map_err(EngineError::DataFusion)?,
+    );
+    // The aggregate's source without any condition (the domain table is
+    // within the scope already).
+    let base = agg
+        .input
+        .as_ref()
+        .clone()
+        .transform_up(|p| match p {
+            LogicalPlan::Filter(f) => Ok(Transformed::yes(f.input.as_ref().clone())),
+            other => Ok(Transformed::no(other)),
+        })
+        .map_err(engine_err)?
+        .data;
+    let mut out = Vec::new();
+    for (name, r) in spec.restrictions() {
+        let cond = r
+            .conditions
+            .iter()
+            .cloned()
+            .reduce(Expr::and)
+            .unwrap_or_else(|| lit(true));
+        // Whole categories: within each category of the dimensions that
+        // show this variable, the condition is all true or all false.
+        let selected = Expr::Case(datafusion::logical_expr::Case::new(
+            None,
+            vec![(Box::new(cond.clone()), Box::new(lit(1i64)))],
+            Some(Box::new(lit(0i64))),
+        ));
+        let shown: Vec<Expr> = r
+            .shown_by
+            .iter()
+            .enumerate()
+            .map(|(i, &j)| spec.keys()[j].clone().alias(format!("g{i}")))
+            .collect();
+        let check = LogicalPlanBuilder::from(base.clone())
+            .aggregate(
+                shown,
+                vec![
+                    datafusion::functions_aggregate::expr_fn::min(selected.clone()).alias("lo"),
+                    datafusion::functions_aggregate::expr_fn::max(selected).alias("hi"),
+                ],
+            )
+            .and_then(|b| b.filter(col("lo").not_eq(col("hi"))))
+            .and_then(|b| b.limit(0, Some(1)))
+            .and_then(|b| b.build())
+            .map_err(engine_err)?;
+        let split = collect(engine, with_penduduk_source(&check, Arc::clone(&mem))?).await?;
+        if split.num_rows() > 0 {
+            let shown: Vec<&str> = r
+                .shown_by
+                .iter()
+                .map(|&j| spec.dims()[j].as_str())
+                .collect();
+            return Err(QueryError::new(
+                Code::NotATable,
+                format!(
+                    "the condition on {name} splits categories of {}: a condition must select whole categories of what the table shows; group by {name} itself, or choose bounds that fall on category boundaries (e.g. umur BETWEEN 15 AND 64 with kelompok_umur(umur(tanggal_lahir), 5))",
+                    shown.join(", ")
+                ),
+            )
+            .into());
+        }
+        let values = |filtered: bool| {
+            let mut b = LogicalPlanBuilder::from(base.clone());
+            if filtered {
+                b = b.filter(cond.clone())?;
+            }
+            b.aggregate(vec![r.dimension.clone().alias("v")], Vec::<Expr>::new())?
+                .sort(vec![col("v").sort(true, true)])?
+                .build()
+        };
+        let all = values(false).map_err(engine_err)?;
+        let selected = values(true).map_err(engine_err)?;
+        let all = collect(engine, with_penduduk_source(&all, Arc::clone(&mem))?).await?;
+        let selected = collect(engine, with_penduduk_source(&selected, Arc::clone(&mem))?).await?;
+        if selected.num_rows() == all.num_rows() {
+            continue; // selects every category: no restriction
+        }
+        let a = selected.column(0);
+        let cats: Vec<String> = (0..a.len())
+            .map(|i| {
+                datafusion::arrow::util::display::array_value_to_string(a, i).unwrap_or_default()
+            })
+            .collect();
+        out.push((
+            format!("{name} in {{{}}}", cats.join(",")),
+            r.variables.clone(),
+        ));
+    }
+    Ok(out)
+}
+
+/// What a table releases about each margin it determines (see
+/// [`super::margins`]): for every grouping set and every subset of its
+/// dimensions (and every coarser region level of a region dimension), the
+/// margin and the number of the table's cells that partition it.
+fn margin_estimates(
+    spec: &super::table::TableSpec,
+    restricted: &[(String, BTreeSet<String>)],
+    grid: &RecordBatch,
+) -> Vec<super::margins::Estimate> {
+    const PUBLIC: &[&str] = &["kode_prov", "kode_kab", "jenis_kelamin"];
+    const REGIONS: &[(&str, usize)] = &[
+        ("kode_prov", 2),
+        ("kode_kab", 5),
+        ("kode_kec", 8),
+        ("kode_kel", 13),
+    ];
+    let dims = spec.dims();
+    let distinct = |j: usize, prefix: Option<usize>| -> usize {
+        let a = grid.column(j);
+        let mut seen = BTreeSet::new();
+        for r in 0..a.len() {
+            if a.is_null(r) {
+                continue;
+            }
+            let v =
+                datafusion::arrow::util::display::array_value_to_string(a, r).unwrap_or_default();
+            seen.insert(match prefix {
+                Some(n) => v.chars().take(n).collect(),
+                None => v,
+            });
+        }
+        seen.len().max(1)
+    };
+    let sizes: Vec<usize> = (0..dims.len()).map(|j| distinct(j, None)).collect();
+    // The population a margin's cells count: the restrictions on variables
+    // the margin sums over. A restriction on a variable the margin shows
+    // only chooses which of its cells exist (conservatively: such margins
+    // are counted together, so the memory may refuse early, never late).
+    let universe_of = |names: &[String]| -> String {
+        let mut shown: BTreeSet<String> = BTreeSet::new();
+        for n in names {
+            if let Some(j) = dims.iter().position(|d| d == n) {
+                shown.extend(spec.variables()[j].iter().cloned());
+            }
+            if n.starts_with("kode_") {
+                shown.insert("region".to_string());
+            }
+        }
+        let parts: Vec<&str> = restricted
+            .iter()
+            .filter(|(_, vars)| vars.is_disjoint(&shown))
+            .map(|(c, _)| c.as_str())
+            .collect();
+        if parts.is_empty() {
+            "everyone in scope".to_string()
+        } else {
+            parts.join(" and ")
+        }
+    };
+    let mut out = Vec::new();
+
+    for g in spec.grouping_sets() {
+        let mut g_names: Vec<&str> = g.iter().map(|&j| dims[j].as_str()).collect();
+        g_names.sort_unstable();
+        let partition = format!("by {}", g_names.join(" x "));
+        for mask in 0u32..(1u32 << g.len().min(16)) {
+            let kept: Vec<usize> = g
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask >> i & 1 == 1)
+                .map(|(_, &j)| j)
+                .collect();
+            let cells: usize = g
+                .iter()
+                .filter(|j| !kept.contains(j))
+                .map(|&j| sizes[j])
+                .product();
+            let mut push = |names: Vec<String>, cells: usize, direct: bool| {
+                let mut names = names;
+                names.sort();
+                let universe = universe_of(&names);
+                if universe == "everyone in scope"
+                    && names.iter().all(|n| PUBLIC.contains(&n.as_str()))
+                {
+                    return;
+                }
+                out.push(super::margins::Estimate {
+                    margin: format!("[{}] of [{universe}]", names.join(" x ")),
+                    partition: if direct {
+                        "direct".to_string()
+                    } else {
+                        partition.clone()
+                    },
+                    information: 1.0 / cells.max(1) as f64,
+                });
+            };
+            let names: Vec<String> = kept.iter().map(|&j| dims[j].clone()).collect();
+            push(names.clone(), cells, cells == 1 && kept.len() == g.len());
+            // A finer region level also partitions every coarser one.
+            for (pos, &j) in kept.iter().enumerate() {
+                let Some(level) = REGIONS.iter().position(|(n, _)| *n == dims[j]) else {
+                    continue;
+                };
+                for (coarse, len) in &REGIONS[..level] {
+                    if dims.iter().any(|d| d == coarse) {
+                        continue;
+                    }
+                    let groups = distinct(j, Some(*len));
+                    let per = sizes[j].div_ceil(groups).max(1);
+                    let mut n = names.clone();
+                    n[pos] = (*coarse).to_string();
+                    push(n, cells * per, false);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Every cell of the result: the aggregate's key columns over the domain.
 async fn grid(
     engine: &Engine,
@@ -774,13 +1026,29 @@ fn with_avg_parts(v: &ValidatedPlan) -> Result<LogicalPlan, RunError> {
         .map_err(engine_err)
 }
 
-/// The aggregate with one cell-key column per count aggregate, computed in
-/// the same pass: the sum of the cell's record keys modulo the key range
-/// (with the count's own FILTER). The record key is threaded through any
-/// projections below the aggregate under an internal name.
-fn with_cell_keys(v: &ValidatedPlan, key_range: u32) -> Result<LogicalPlan, RunError> {
-    use datafusion::logical_expr::{Aggregate, Projection};
-    const RK: &str = "__agregat_record_key";
+/// Internal names of the engine's keys. The gate refuses every name that
+/// starts with `__` anywhere in a query, so these columns can only come from
+/// the scan rewrite below.
+const RECORD_KEY_COLUMN: &str = "__agregat_record_key";
+const HOUSEHOLD_KEY_COLUMN: &str = "__agregat_household_key";
+const HOUSEHOLD_KK_COLUMN: &str = "__agregat_household_kk";
+const HOUSEHOLDS_SOURCE: &str = "__agregat_households";
+
+/// The aggregate with one cell-key column per count, computed in the same
+/// pass. The keys are read by the engine itself at the `penduduk` scan:
+///
+/// - a person count's key is the sum of its people's record keys modulo the
+///   key range;
+/// - a household count's key is the sum, over the distinct households it
+///   counts, of each household's key: the smallest record key of all its
+///   members in the scope (whoever the query selects), so the same
+///   households always get the same noise, however they were selected.
+fn with_cell_keys(
+    v: &ValidatedPlan,
+    key_range: u32,
+    scope: &catalog::RegionScope,
+) -> Result<LogicalPlan, RunError> {
+    use datafusion::logical_expr::{Aggregate, JoinType, Projection};
     let engine_err =
         |e: datafusion::error::DataFusionError| RunError::Engine(EngineError::DataFusion(e));
     let LogicalPlan::Aggregate(agg) = v.aggregate() else {
@@ -788,71 +1056,152 @@ fn with_cell_keys(v: &ValidatedPlan, key_range: u32) -> Result<LogicalPlan, RunE
             "no aggregate".into(),
         )));
     };
-    let find_rk = |schema: &datafusion::common::DFSchema| {
-        schema
+    // Person counts carry their cell's households too, for the holding
+    // rule (a cell of people from one or two families is withheld).
+    let holding = holds_households(v);
+    let households = holding
+        || v.aggregates
             .iter()
-            .find(|(_, f)| f.name() == catalog::RECORD_KEY || f.name() == RK)
-            .map(|(q, f)| Column::new(q.cloned(), f.name()))
-    };
+            .any(|k| matches!(k, AggregateKind::CountHouseholds));
+    let keys = [RECORD_KEY_COLUMN, HOUSEHOLD_KEY_COLUMN, HOUSEHOLD_KK_COLUMN];
     let input = agg
         .input
         .as_ref()
         .clone()
         .transform_up(|p| match p {
-            LogicalPlan::Projection(pr) => {
-                let has = pr
-                    .expr
-                    .iter()
-                    .any(|e| e.schema_name().to_string().ends_with(RK));
-                match (has, find_rk(pr.input.schema())) {
-                    (false, Some(c)) => {
-                        let mut exprs = pr.expr.clone();
-                        exprs.push(Expr::Column(c).alias(RK));
-                        Ok(Transformed::yes(LogicalPlan::Projection(
-                            Projection::try_new(exprs, pr.input)?,
-                        )))
+            LogicalPlan::TableScan(t) if t.table_name.table() == PENDUDUK => {
+                let name = t.table_name.clone();
+                let source = Arc::clone(&t.source);
+                // Every column of the table, whatever the caller projected.
+                let scan = LogicalPlan::TableScan(
+                    datafusion::logical_expr::TableScanBuilder::new(
+                        name.clone(),
+                        Arc::clone(&source),
+                    )
+                    .with_filters(t.filters.clone())
+                    .build()?,
+                );
+                let visible: Vec<Expr> = t
+                    .projected_schema
+                    .columns()
+                    .into_iter()
+                    .map(Expr::Column)
+                    .collect();
+                let mut exprs = visible;
+                exprs.push(
+                    Expr::Column(Column::new(Some(name.clone()), catalog::RECORD_KEY))
+                        .alias(RECORD_KEY_COLUMN),
+                );
+                let below = if households {
+                    let mut hk = LogicalPlanBuilder::scan(HOUSEHOLDS_SOURCE, source, None)?;
+                    if let Some(pred) = scope_predicate(scope, Some(&HOUSEHOLDS_SOURCE.into())) {
+                        hk = hk.filter(pred)?;
                     }
-                    _ => Ok(Transformed::no(LogicalPlan::Projection(pr))),
+                    let hk = hk
+                        .aggregate(
+                            vec![
+                                Expr::Column(Column::new(Some(HOUSEHOLDS_SOURCE), "no_kk"))
+                                    .alias(HOUSEHOLD_KK_COLUMN),
+                            ],
+                            vec![
+                                datafusion::functions_aggregate::expr_fn::min(Expr::Column(
+                                    Column::new(Some(HOUSEHOLDS_SOURCE), catalog::RECORD_KEY),
+                                ))
+                                .alias(HOUSEHOLD_KEY_COLUMN),
+                            ],
+                        )?
+                        .build()?;
+                    exprs.push(Expr::Column(Column::from_name(HOUSEHOLD_KEY_COLUMN)));
+                    exprs.push(Expr::Column(Column::from_name(HOUSEHOLD_KK_COLUMN)));
+                    LogicalPlanBuilder::from(scan)
+                        .join(
+                            hk,
+                            JoinType::Inner,
+                            (
+                                vec![Column::new(Some(name), "no_kk")],
+                                vec![Column::from_name(HOUSEHOLD_KK_COLUMN)],
+                            ),
+                            None,
+                        )?
+                        .build()?
+                } else {
+                    scan
+                };
+                Ok(Transformed::yes(LogicalPlan::Projection(
+                    Projection::try_new(exprs, Arc::new(below))?,
+                )))
+            }
+            LogicalPlan::Projection(pr) => {
+                let mut exprs = pr.expr.clone();
+                let mut changed = false;
+                for k in keys {
+                    let c = Column::from_name(k);
+                    if pr.input.schema().has_column(&c) && !pr.schema.has_column(&c) {
+                        exprs.push(Expr::Column(c));
+                        changed = true;
+                    }
+                }
+                if changed {
+                    Ok(Transformed::yes(LogicalPlan::Projection(
+                        Projection::try_new(exprs, pr.input)?,
+                    )))
+                } else {
+                    Ok(Transformed::no(LogicalPlan::Projection(pr)))
                 }
             }
             other => Ok(Transformed::yes(other.recompute_schema()?)),
         })
         .map_err(engine_err)?
         .data;
-    let rk = find_rk(input.schema()).ok_or_else(|| {
-        engine_err(datafusion::error::DataFusionError::Internal(
-            "record key not reachable".into(),
-        ))
-    })?;
     let mut aggr = agg.aggr_expr.clone();
-    for (i, (e, kind)) in agg.aggr_expr.iter().zip(&v.aggregates).enumerate() {
-        if !matches!(
-            kind,
-            AggregateKind::CountRows | AggregateKind::CountColumn | AggregateKind::CountHouseholds
-        ) {
-            continue;
-        }
-        let filter = match e {
-            Expr::Alias(a) => match a.expr.as_ref() {
-                Expr::AggregateFunction(f) => f.params.filter.clone(),
-                _ => None,
-            },
-            Expr::AggregateFunction(f) => f.params.filter.clone(),
-            _ => None,
+    for (i, kind) in v.aggregates.iter().enumerate() {
+        let key = match kind {
+            AggregateKind::CountRows | AggregateKind::CountColumn => {
+                datafusion::functions_aggregate::expr_fn::sum(Expr::Cast(
+                    datafusion::logical_expr::Cast::new(
+                        Box::new(
+                            Expr::Column(Column::from_name(RECORD_KEY_COLUMN))
+                                % lit(u64::from(key_range)),
+                        ),
+                        DataType::Int64,
+                    ),
+                ))
+            }
+            AggregateKind::CountHouseholds => household_key(),
+            _ => continue,
         };
-        let key = Expr::Cast(datafusion::logical_expr::Cast::new(
-            Box::new(Expr::Column(rk.clone()) % lit(u64::from(key_range))),
-            DataType::Int64,
-        ));
-        let mut sum = datafusion::functions_aggregate::expr_fn::sum(key);
-        if let Expr::AggregateFunction(f) = &mut sum {
-            f.params.filter = filter;
-        }
-        aggr.push(sum.alias(format!("__cell_key_{i}")));
+        aggr.push(key.alias(format!("__cell_key_{i}")));
+    }
+    if holding {
+        aggr.push(
+            datafusion::functions_aggregate::expr_fn::count_distinct(Expr::Column(
+                Column::from_name(HOUSEHOLD_KK_COLUMN),
+            ))
+            .alias("__holding_households"),
+        );
+        aggr.push(household_key().alias("__holding_key"));
     }
     Aggregate::try_new(Arc::new(input), agg.group_expr.clone(), aggr)
         .map(LogicalPlan::Aggregate)
         .map_err(engine_err)
+}
+
+/// Whether the release applies the holding rule: a cell-key table with a
+/// person count.
+fn holds_households(v: &ValidatedPlan) -> bool {
+    v.table()
+        .is_some_and(|t| t.measures().contains(&super::table::Measure::Persons))
+}
+
+/// The key of a household count: 32 bits of each household's key, summed
+/// over the distinct households of the cell (no overflow below 2^31
+/// households per cell).
+fn household_key() -> Expr {
+    let hk32 = Expr::Cast(datafusion::logical_expr::Cast::new(
+        Box::new(Expr::Column(Column::from_name(HOUSEHOLD_KEY_COLUMN)) / lit(1u64 << 32)),
+        DataType::Int64,
+    ));
+    datafusion::functions_aggregate::expr_fn::sum_distinct(hk32)
 }
 
 /// Runs HAVING, ORDER BY, LIMIT and the final projection over the released

@@ -10,7 +10,9 @@
 pub mod engine;
 pub mod error;
 pub mod execute;
+pub mod margins;
 pub mod plan;
+pub mod table;
 pub mod udf;
 pub mod validate;
 

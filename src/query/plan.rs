@@ -8,6 +8,9 @@ use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::logical_expr::Expr;
+
 use super::engine::Engine;
 use super::error::{Code, QueryError, clean_message};
 
@@ -92,5 +95,48 @@ pub async fn sql_to_plan(
         .with_allow_statements(false)
         .verify_plan(&plan)
         .map_err(|e| QueryError::new(Code::StatementNotAllowed, clean_message(&e)))?;
+    check_depth(&plan)?;
     Ok(plan)
+}
+
+/// Deepest expression nesting accepted. Real aggregate queries stay below
+/// 20; the limit keeps every later walk over the plan (the gate, the grid,
+/// the post-plan, formatting for logs) far from the end of a thread's stack.
+pub const MAX_EXPR_DEPTH: usize = 64;
+
+/// Refuses expressions nested deeper than [`MAX_EXPR_DEPTH`], measured
+/// without recursion, so that a hostile chain such as `1+1+…+1` or
+/// `a = 1 OR a = 2 OR …` is refused instead of exhausting the stack.
+fn check_depth(plan: &LogicalPlan) -> Result<(), QueryError> {
+    let mut deepest = 0usize;
+    let _ = plan.apply_with_subqueries(|node| {
+        let _ = node.apply_expressions(|root| {
+            let mut stack: Vec<(&Expr, usize)> = vec![(root, 1)];
+            while let Some((e, d)) = stack.pop() {
+                deepest = deepest.max(d);
+                if deepest > MAX_EXPR_DEPTH {
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                let _ = e.apply_children(|c| {
+                    stack.push((c, d + 1));
+                    Ok(TreeNodeRecursion::Continue)
+                });
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        Ok(if deepest > MAX_EXPR_DEPTH {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    if deepest > MAX_EXPR_DEPTH {
+        return Err(QueryError::new(
+            Code::QueryTooComplex,
+            format!(
+                "an expression in the query is nested more than {MAX_EXPR_DEPTH} levels deep; write long lists of alternatives as IN (...) (e.g. kode_kel IN ('61.71.01.1001', '61.71.01.1002')) and ranges as BETWEEN, or use a coarser classification such as kelompok_umur(umur(tanggal_lahir), 5)"
+            ),
+        ));
+    }
+    Ok(())
 }

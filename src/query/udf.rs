@@ -7,6 +7,7 @@
 //! | `umur(tanggal_lahir)` | age in whole years on the snapshot's `tanggal_data`, top-coded: 120 means 120 or older | 0..=120 |
 //! | `umur_pada(tanggal_lahir, DATE '2026-07-01')` | age on the first day of a month (school year: 1 July), top-coded at 120; NULL if not yet born | 0..=120, NULL |
 //! | `kelompok_umur(age, width)` | band label: `00-04`, `05-09`, … and an open top band `75+` | see [`age_band_labels`] |
+//! | `wajib_ktp(age, status_perkawinan)` | `WAJIB` for residents who must hold a KTP-el (aged 17 or more, or married or once married: UU 24/2013 Pasal 63), else `BELUM WAJIB` | `WAJIB`, `BELUM WAJIB` |
 //! | `tahun(date)` | calendar year, top-coded: the year 120 years before `tanggal_data` also stands for every earlier year | 121 years up to the year of `tanggal_data` |
 //!
 //! Top-coding (rather than NULL for out-of-range values) keeps every
@@ -36,6 +37,7 @@ pub const UMUR: &str = "umur";
 pub const UMUR_PADA: &str = "umur_pada";
 pub const KELOMPOK_UMUR: &str = "kelompok_umur";
 pub const TAHUN: &str = "tahun";
+pub const WAJIB_KTP: &str = "wajib_ktp";
 
 /// Highest age in the public domain; also the clamp bound for sums of ages.
 pub const MAX_AGE: i32 = 120;
@@ -212,6 +214,46 @@ impl ScalarUDFImpl for KelompokUmur {
     }
 }
 
+/// `wajib_ktp(age, status_perkawinan)`: whether the resident must hold a
+/// KTP-el, a catalogued classification of two dimensions (so a table can
+/// be restricted to it without OR across dimensions).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct WajibKtp {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for WajibKtp {
+    fn name(&self) -> &str {
+        WAJIB_KTP
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let ages: ArrayRef = args.args[0].to_array(args.number_rows)?;
+        let ages = datafusion::arrow::compute::cast(&ages, &DataType::Int32)?;
+        let ages = ages.as_primitive::<Int32Type>();
+        let status: ArrayRef = args.args[1].to_array(args.number_rows)?;
+        let status = datafusion::arrow::compute::cast(&status, &DataType::Utf8)?;
+        let status = status.as_string::<i32>();
+        let out: StringArray = (0..ages.len())
+            .map(|i| {
+                let adult = ages.is_valid(i) && ages.value(i) >= 17;
+                let married = status.is_valid(i) && status.value(i) != "BELUM KAWIN";
+                Some(if adult || married {
+                    "WAJIB"
+                } else {
+                    "BELUM WAJIB"
+                })
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
 /// All coarsening functions for a snapshot with reference date `as_of`
 /// (days since epoch).
 pub fn coarsening_udfs(as_of: i32) -> Vec<ScalarUDF> {
@@ -239,6 +281,9 @@ pub fn coarsening_udfs(as_of: i32) -> Vec<ScalarUDF> {
                 ],
                 Volatility::Immutable,
             ),
+        }),
+        ScalarUDF::new_from_impl(WajibKtp {
+            signature: Signature::any(2, Volatility::Immutable),
         }),
     ]
 }

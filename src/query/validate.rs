@@ -40,6 +40,39 @@ use chrono::Datelike;
 /// A reference-side plan and the join keys that must be unique in it.
 pub type UniqueCheck = (LogicalPlan, Vec<Expr>);
 
+/// Scalar functions allowed below the aggregate besides the coarsening
+/// functions: cheap functions of a code or a number, whose cost does not
+/// depend on the value in a way a stopwatch could read (no `repeat`, no
+/// padding, no regular expressions).
+const ALLOWED_FUNCTIONS: &[&str] = &[
+    "wajib_ktp",
+    "upper",
+    "lower",
+    "substr",
+    "substring",
+    "left",
+    "right",
+    "trim",
+    "btrim",
+    "ltrim",
+    "rtrim",
+    "starts_with",
+    "ends_with",
+    "length",
+    "char_length",
+    "character_length",
+    "coalesce",
+    "nullif",
+    "abs",
+    "round",
+    "floor",
+    "ceil",
+];
+
+/// Functions refused in the post-plan too: their output can be made
+/// arbitrarily large (memory) or slow from a short query.
+const EXPANDING_FUNCTIONS: &[&str] = &["repeat", "lpad", "rpad", "overlay", "replace", "translate"];
+
 const RECORD_KEY_MESSAGE: &str =
     "the record key is internal to the cell-key method and is never queryable";
 
@@ -138,12 +171,29 @@ pub struct ValidatedPlan {
     pub age_reference: Option<i32>,
     /// The coarsening functions applied to each date column.
     pub date_functions: std::collections::BTreeMap<&'static str, BTreeSet<&'static str>>,
+    /// The table this query is, under the cell-key method (`None` under
+    /// differential privacy, whose accounting covers richer SQL).
+    table: Option<super::table::TableSpec>,
 }
 
 impl ValidatedPlan {
     /// The whole plan, scope applied.
     pub fn plan(&self) -> &LogicalPlan {
         &self.plan
+    }
+
+    /// Whether the aggregate has grouping sets (ROLLUP, CUBE, GROUPING
+    /// SETS), so that DataFusion adds its grouping id as the last key.
+    pub(crate) fn has_grouping_id(&self) -> bool {
+        match self.aggregate() {
+            LogicalPlan::Aggregate(a) => matches!(a.group_expr.as_slice(), [Expr::GroupingSet(_)]),
+            _ => false,
+        }
+    }
+
+    /// The table specification, under the cell-key method.
+    pub fn table(&self) -> Option<&super::table::TableSpec> {
+        self.table.as_ref()
     }
 
     /// The aggregate node, scope applied (what is executed before
@@ -199,6 +249,55 @@ fn refused_node(plan: &LogicalPlan) -> Option<QueryError> {
     Some(QueryError::new(code, message))
 }
 
+/// Whether a name is reserved for the engine: the record key and every name
+/// starting with `__` (internal columns such as the cell keys, and
+/// DataFusion's `__grouping_id`). Protection finds its inputs by the plan,
+/// never by a name, but a caller who could produce these names could still
+/// confuse a reader of the plan, so they are refused anywhere.
+pub(crate) fn is_reserved_name(name: &str) -> bool {
+    name.starts_with("__") || name.eq_ignore_ascii_case(catalog::RECORD_KEY)
+}
+
+/// Refuses reserved names anywhere in the query: as an alias, a subquery or
+/// CTE name, or a derived table's column list.
+fn refuse_reserved_names(plan: &LogicalPlan) -> Result<(), QueryError> {
+    let mut found: Option<String> = None;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::SubqueryAlias(a) = node
+            && is_reserved_name(a.alias.table())
+        {
+            found = Some(a.alias.table().to_string());
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        let _ = node.apply_expressions(|root| {
+            root.apply(|e| {
+                if let Expr::Alias(a) = e
+                    && is_reserved_name(&a.name)
+                    && !matches!(a.expr.as_ref(), Expr::Column(c) if c.name == a.name)
+                {
+                    found = Some(a.name.clone());
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        });
+        Ok(if found.is_some() {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    match found {
+        Some(name) => reject(
+            Code::ReservedName,
+            format!(
+                "the name '{name}' is reserved for the engine (names starting with '__' and 'record_key'); choose another alias, e.g. jumlah"
+            ),
+        ),
+        None => Ok(()),
+    }
+}
+
 fn plan_reads(plan: &LogicalPlan, table: &str) -> bool {
     let mut found = false;
     let _ = plan.apply_with_subqueries(|p| {
@@ -213,7 +312,7 @@ fn plan_reads(plan: &LogicalPlan, table: &str) -> bool {
     found
 }
 
-fn literal_date(e: &Expr) -> Option<i32> {
+pub(super) fn literal_date(e: &Expr) -> Option<i32> {
     match e {
         Expr::Literal(ScalarValue::Date32(Some(d)), _) => Some(*d),
         Expr::Literal(ScalarValue::Utf8(Some(s)), _)
@@ -226,7 +325,7 @@ fn literal_date(e: &Expr) -> Option<i32> {
     }
 }
 
-fn literal_number(e: &Expr) -> Option<f64> {
+pub(super) fn literal_number(e: &Expr) -> Option<f64> {
     match e {
         Expr::Literal(v, _) => match v {
             ScalarValue::Int8(Some(x)) => Some(f64::from(*x)),
@@ -325,6 +424,21 @@ impl Walk {
                         for a in &f.args {
                             let fa = self.classify(a, schema, lineage)?;
                             out.merge(fa);
+                        }
+                        // An identifier or a raw date inside is refused
+                        // wherever the expression is used, with that
+                        // reason; otherwise the function must be allowed.
+                        let refused_anyway = !out.identifiers.is_empty()
+                            || !out.raw_dates.is_empty()
+                            || out.record_key;
+                        if !refused_anyway && !ALLOWED_FUNCTIONS.contains(&name) {
+                            return reject(
+                                Code::FunctionNotAllowed,
+                                format!(
+                                    "function '{name}' is not allowed below the aggregate; use comparisons, IN, BETWEEN, the coarsening functions (umur, umur_pada, tahun, kelompok_umur) or one of: {}",
+                                    ALLOWED_FUNCTIONS.join(", ")
+                                ),
+                            );
                         }
                         Ok(out)
                     }
@@ -481,12 +595,14 @@ impl Walk {
                         "umur_pada() takes a literal date as its second argument, e.g. umur_pada(tanggal_lahir, DATE '2026-07-01')",
                     );
                 };
-                if days_to_date(on).day() != 1 {
+                let date = days_to_date(on);
+                if !((date.month() == 7 && date.day() == 1) || on == self.as_of) {
                     return reject(
                         Code::AgeReferenceDateNotAllowed,
                         format!(
-                            "umur_pada() takes the first day of a month (e.g. DATE '2026-07-01' for the school year), not {}; ages on arbitrary days could be differenced to count people born on one day",
-                            days_to_date(on)
+                            "umur_pada() takes 1 July of a school year (e.g. DATE '{}-07-01') or the snapshot's reference date ({}), not {date}; ages on other days could be combined to narrow birth dates",
+                            days_to_date(self.as_of).year(),
+                            days_to_date(self.as_of)
                         ),
                     );
                 }
@@ -774,6 +890,10 @@ impl Walk {
                     Code::VolatileFunctionNotAllowed,
                     format!("function '{}' is not deterministic; use a fixed value instead", f.name()),
                 ),
+                Expr::ScalarFunction(f) if EXPANDING_FUNCTIONS.contains(&f.name()) => reject(
+                    Code::FunctionNotAllowed,
+                    format!("function '{}' can build arbitrarily large values and is not allowed; format the released table on your side", f.name()),
+                ),
                 _ => Ok(()),
             };
             match r {
@@ -938,6 +1058,7 @@ pub fn validate(
     agreement: &Agreement,
     as_of: i32,
 ) -> Result<(ValidatedPlan, Vec<UniqueCheck>), QueryError> {
+    refuse_reserved_names(plan)?;
     let mut w = Walk {
         as_of,
         penduduk_scans: 0,
@@ -969,7 +1090,20 @@ pub fn validate(
                 }
                 node = &s.input;
             }
-            LogicalPlan::Limit(l) => node = &l.input,
+            LogicalPlan::Limit(l) => {
+                for e in [&l.skip, &l.fetch].into_iter().flatten() {
+                    if !matches!(e.as_ref(), Expr::Literal(..)) {
+                        return reject(
+                            Code::PlanShapeNotAllowed,
+                            format!(
+                                "LIMIT and OFFSET take a number written into the query, not '{}'; e.g. LIMIT 10",
+                                e.schema_name()
+                            ),
+                        );
+                    }
+                }
+                node = &l.input;
+            }
             LogicalPlan::SubqueryAlias(a) => node = &a.input,
             LogicalPlan::Distinct(Distinct::All(input)) => node = input,
             LogicalPlan::Aggregate(a) => break a,
@@ -1112,10 +1246,20 @@ pub fn validate(
         }
     }
 
+    // What the agreement's method can release (SUM and AVG only under DP,
+    // a SUM only next to a count), before anything is reserved or run.
+    crate::protect::check_aggregates(&agreement.protection.method, &aggregates)?;
+
     // 7. The region scope, right above the penduduk scan. A region code
     // the query names explicitly outside the scope is refused outright
     // (the scope predicate alone would answer it with zeros).
     region_literals_in_scope(plan, &agreement.scope, &agreement.id)?;
+    // 8. Under the cell-key method the query must be a table.
+    let table = if agreement.protection.releases_tables() {
+        Some(super::table::compile(agg, &aggregates)?)
+    } else {
+        None
+    };
     let scoped = apply_scope(plan, &agreement.scope)?;
     let v = ValidatedPlan {
         plan: scoped,
@@ -1125,6 +1269,7 @@ pub fn validate(
         elements: w.columns.clone(),
         age_reference: w.age_dates.iter().next().copied(),
         date_functions: w.date_functions.clone(),
+        table,
     };
     Ok((v, w.unique_checks))
 }

@@ -211,7 +211,33 @@ pub struct BudgetResponse {
     pub per_query: Option<f64>,
     /// Fresh queries at the per-query charge that still fit.
     pub queries_left: Option<u64>,
+    /// DP: the per-person ceiling shared by every agreement in every
+    /// period, and what all of them have charged against it.
+    pub lifetime: Option<LifetimeBudget>,
+    /// Cell-key: the released margins closest to the averaging floor, per
+    /// snapshot (a new breakdown of a margin at the floor is refused).
+    pub margins: Vec<MarginRow>,
     pub note: String,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct LifetimeBudget {
+    pub ceiling: f64,
+    pub spent: f64,
+    pub remaining: f64,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct MarginRow {
+    pub snapshot: String,
+    /// The margin: its dimensions and its universe (category restrictions).
+    pub margin: String,
+    /// Distinct breakdowns released so far (a direct release counts as one).
+    pub breakdowns: usize,
+    /// Standard error (persons) of the best average of those releases.
+    pub standard_error: f64,
+    /// The floor below which a new breakdown is refused.
+    pub floor: f64,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -577,8 +603,9 @@ async fn release(
             let allowance = caller.pks.budget_per_period.unwrap_or(0.0);
             let request_id = draft.request_id.clone();
             let amount = cost.charge.value();
+            let lifetime = Some(state.config.limits.lifetime_privacy_loss);
             let r = tokio::task::spawn_blocking(move || {
-                store.reserve(&id, &period, amount, allowance, &request_id)
+                store.reserve_within(&id, &period, amount, allowance, lifetime, &request_id)
             })
             .await
             .map_err(|e| ApiError::internal("budget ledger", e))??;
@@ -601,39 +628,72 @@ async fn release(
             } else {
                 // Commit before anything leaves: if this fails, nothing is
                 // released and the reservation stays charged.
-                settle(state, res, true).await?;
-                // Keep the release for repeats after a restart. A failure
-                // here only means a later repeat is charged again.
-                if let Some(key) = key
-                    && let Some(bytes) = engine.cached_release(&key).and_then(|t| t.to_bytes().ok())
-                {
-                    let store = Arc::clone(&state.store);
-                    let durable = durable_release_key(engine, &key);
-                    let (a, snap) = (
-                        caller.pks.id().to_string(),
-                        engine.snapshot().id().to_string(),
-                    );
-                    let put = tokio::task::spawn_blocking(move || {
-                        store.release_put(&durable, &a, &snap, &bytes)
-                    })
-                    .await;
-                    if !matches!(put, Ok(Ok(()))) {
-                        eprintln!(
-                            "agregat: request {}: release not stored for repeats",
-                            draft.request_id
-                        );
+                if let Err(e) = settle(state, res, true).await {
+                    if let Some(key) = &key {
+                        engine.forget_release(key);
                     }
+                    return Err(e);
+                }
+                if let Some(key) = key
+                    && let Some(table) = engine.cached_release(&key)
+                {
+                    store_release(state, caller, engine, &key, &table, &draft.request_id).await;
                 }
             }
             record(draft, &r.table, r.cells);
             Ok(r.table)
         }
-        (Err(e), res) => {
-            if let Some((res, _)) = res {
-                settle(state, res, false).await?;
+        (Err(e), None) => Err(e.into()),
+        (Err(e), Some((res, key))) => {
+            // The charge follows the noise, not the answer: once protection
+            // has drawn noise (the engine holds the release), a failure
+            // after it (a post-plan that cannot be evaluated on the
+            // released values, a timeout) keeps the charge, and the
+            // release is stored like any other so that the repeat is free
+            // because it was paid for.
+            let drawn = key
+                .as_deref()
+                .and_then(|k| engine.cached_release(k).map(|t| (k.to_string(), t)));
+            match drawn {
+                Some((key, table)) => {
+                    if let Err(e) = settle(state, res, true).await {
+                        engine.forget_release(&key);
+                        return Err(e);
+                    }
+                    store_release(state, caller, engine, &key, &table, &draft.request_id).await;
+                    draft.privacy_loss = table.charge_now().map(|c| c.value());
+                }
+                None => settle(state, res, false).await?,
             }
             Err(e.into())
         }
+    }
+}
+
+/// Keeps a committed DP release in the state database for repeats after a
+/// restart. A failure here only means a later repeat is charged again.
+async fn store_release(
+    state: &Shared,
+    caller: &Caller,
+    engine: &Engine,
+    key: &str,
+    table: &ProtectedTable,
+    request_id: &str,
+) {
+    let Ok(bytes) = table.to_bytes() else {
+        eprintln!("agregat: request {request_id}: release not stored for repeats");
+        return;
+    };
+    let store = Arc::clone(&state.store);
+    let durable = durable_release_key(engine, key);
+    let (a, snap) = (
+        caller.pks.id().to_string(),
+        engine.snapshot().id().to_string(),
+    );
+    let put =
+        tokio::task::spawn_blocking(move || store.release_put(&durable, &a, &snap, &bytes)).await;
+    if !matches!(put, Ok(Ok(()))) {
+        eprintln!("agregat: request {request_id}: release not stored for repeats");
     }
 }
 
@@ -983,7 +1043,24 @@ async fn budget_status(state: &Shared, caller: &Caller) -> Result<BudgetResponse
             remaining: None,
             per_query: None,
             queries_left: None,
-            note: "cell-key perturbation spends no budget: the same cell always gets the same noise, so repeating or re-slicing a question reveals nothing new".into(),
+            lifetime: None,
+            margins: state
+                .snapshots()
+                .iter()
+                .flat_map(|(snap, engine)| {
+                    engine
+                        .margin_state(&caller.pks.agreement, 20)
+                        .into_iter()
+                        .map(|m| MarginRow {
+                            snapshot: snap.clone(),
+                            margin: m.margin,
+                            breakdowns: m.breakdowns,
+                            standard_error: m.standard_error,
+                            floor: crate::query::margins::SE_FLOOR,
+                        })
+                })
+                .collect(),
+            note: "cell-key perturbation spends no budget: the same cell always gets the same noise, so repeating a question reveals nothing new; a margin re-estimated by many different breakdowns could be averaged, so each margin's breakdowns are remembered and a new one is refused once their average would be known to within the floor".into(),
         }),
         Method::Dp { budget, .. } => {
             let store = Arc::clone(&state.store);
@@ -991,8 +1068,15 @@ async fn budget_status(state: &Shared, caller: &Caller) -> Result<BudgetResponse
             let spent = tokio::task::spawn_blocking(move || store.spent(&a, &p))
                 .await
                 .map_err(|e| ApiError::internal("budget ledger", e))??;
+            let store = Arc::clone(&state.store);
+            let lifetime_spent = tokio::task::spawn_blocking(move || store.lifetime_spent())
+                .await
+                .map_err(|e| ApiError::internal("budget ledger", e))??;
+            let ceiling = state.config.limits.lifetime_privacy_loss;
             let allowance = caller.pks.budget_per_period.unwrap_or(0.0);
-            let remaining = (allowance - spent).max(0.0);
+            let remaining = (allowance - spent)
+                .min(ceiling - lifetime_spent)
+                .max(0.0);
             let per_query = budget.value();
             Ok(BudgetResponse {
                 agreement: id,
@@ -1004,6 +1088,12 @@ async fn budget_status(state: &Shared, caller: &Caller) -> Result<BudgetResponse
                 remaining: Some(remaining),
                 per_query: Some(per_query),
                 queries_left: Some(((remaining + crate::state::BUDGET_TOLERANCE) / per_query).floor() as u64),
+                lifetime: Some(LifetimeBudget {
+                    ceiling,
+                    spent: lifetime_spent,
+                    remaining: (ceiling - lifetime_spent).max(0.0),
+                }),
+                margins: Vec::new(),
                 note: "each new question charges the per-query budget; repeating an identical question returns the same release at no charge; the budget renews each six-month period".into(),
             })
         }

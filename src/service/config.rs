@@ -26,6 +26,7 @@
 //! max_connections = 0             # 0: below the file-descriptor limit
 //! max_connections_per_address = 256 # behind a proxy: raise to max_connections
 //! unauthenticated_per_address_per_minute = 120  # then 429 before authentication
+//! lifetime_privacy_loss = 5.0     # per-person zCDP ρ ceiling, all agreements, all periods
 //! ```
 //!
 //! At a connection cap, the longest idle connection is closed to admit the
@@ -67,6 +68,11 @@ pub struct ServiceLimits {
     /// they are used up, its `/v1` requests get 429 before authentication
     /// until the bucket refills. 0: no such limit.
     pub unauthenticated_per_address_per_minute: u32,
+    /// The per-person privacy-loss ceiling (zCDP ρ) of the snapshot
+    /// lineage, shared by every agreement in every period: the same people
+    /// are in every snapshot, so their loss adds up across all of them.
+    /// Each agreement's `budget_per_period` is carved out of it.
+    pub lifetime_privacy_loss: f64,
 }
 
 impl Default for ServiceLimits {
@@ -84,6 +90,7 @@ impl Default for ServiceLimits {
             max_connections: 0,
             max_connections_per_address: 256,
             unauthenticated_per_address_per_minute: 120,
+            lifetime_privacy_loss: 5.0,
         }
     }
 }

@@ -297,7 +297,9 @@ impl From<SavedError> for ApiError {
 impl From<StateError> for ApiError {
     fn from(e: StateError) -> Self {
         match e {
-            e @ StateError::BudgetExhausted { .. } => ApiError::BudgetExhausted(e.to_string()),
+            e @ (StateError::BudgetExhausted { .. } | StateError::LifetimeExhausted { .. }) => {
+                ApiError::BudgetExhausted(e.to_string())
+            }
             e => ApiError::internal("state database", e),
         }
     }

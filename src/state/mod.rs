@@ -136,6 +136,26 @@ pub trait StateStore: Send + Sync {
         request_id: &str,
     ) -> Result<Reservation, StateError>;
 
+    /// As [`StateStore::reserve`], and also refusing with
+    /// [`StateError::LifetimeExhausted`] when everything charged so far, by
+    /// every agreement in every period, plus `amount` would exceed
+    /// `lifetime_ceiling` (the per-person privacy-loss ceiling of the
+    /// snapshot lineage: the same people are in every snapshot). Both
+    /// checks and the insert are one transaction.
+    fn reserve_within(
+        &self,
+        agreement: &str,
+        period: &str,
+        amount: f64,
+        allowance: f64,
+        lifetime_ceiling: Option<f64>,
+        request_id: &str,
+    ) -> Result<Reservation, StateError>;
+
+    /// Everything charged (committed and pending) by every agreement in
+    /// every period.
+    fn lifetime_spent(&self) -> Result<f64, StateError>;
+
     /// Marks a pending reservation as committed (the release went out).
     /// Committing an already committed reservation is a no-op.
     fn commit(&self, reservation: &Reservation) -> Result<(), StateError>;
@@ -379,6 +399,14 @@ pub enum StateError {
         spent: f64,
         requested: f64,
         allowance: f64,
+    },
+    #[error(
+        "the lifetime privacy-loss ceiling is reached: {spent} charged by all agreements in all periods, {requested} requested, ceiling {ceiling}; the same people are in every snapshot, so no agreement can release more differentially private answers about them; ask for a question already answered (free), or use a cell-key agreement"
+    )]
+    LifetimeExhausted {
+        spent: f64,
+        requested: f64,
+        ceiling: f64,
     },
     #[error(
         "state database failed while {context}: {source}; check that the file is writable, on a local disk, and not damaged"

@@ -366,6 +366,13 @@ fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
+/// Everything ever charged (committed and pending), by every agreement in
+/// every period: the loss of the people who stay in every snapshot.
+fn sum_lifetime(conn: &Connection) -> Result<f64, StateError> {
+    conn.query_row("SELECT TOTAL(amount) FROM budget_ledger", [], |r| r.get(0))
+        .map_err(sq("summing the lifetime privacy loss"))
+}
+
 fn sum_spent(conn: &Connection, agreement: &str, period: &str) -> Result<f64, StateError> {
     conn.query_row(
         "SELECT TOTAL(amount) FROM budget_ledger WHERE agreement = ?1 AND period = ?2",
@@ -673,6 +680,22 @@ impl StateStore for SqliteStore {
         allowance: f64,
         request_id: &str,
     ) -> Result<Reservation, StateError> {
+        self.reserve_within(agreement, period, amount, allowance, None, request_id)
+    }
+
+    fn lifetime_spent(&self) -> Result<f64, StateError> {
+        sum_lifetime(&self.lock())
+    }
+
+    fn reserve_within(
+        &self,
+        agreement: &str,
+        period: &str,
+        amount: f64,
+        allowance: f64,
+        lifetime_ceiling: Option<f64>,
+        request_id: &str,
+    ) -> Result<Reservation, StateError> {
         if agreement.is_empty() {
             return Err(StateError::EmptyField { what: "agreement" });
         }
@@ -704,6 +727,17 @@ impl StateStore for SqliteStore {
                 period: period.to_string(),
                 request_id: request_id.to_string(),
             });
+        }
+        if let Some(ceiling) = lifetime_ceiling {
+            validate_amount("lifetime ceiling", ceiling)?;
+            let lifetime = sum_lifetime(&tx)?;
+            if lifetime + amount > ceiling + BUDGET_TOLERANCE {
+                return Err(StateError::LifetimeExhausted {
+                    spent: lifetime,
+                    requested: amount,
+                    ceiling,
+                });
+            }
         }
         let spent = sum_spent(&tx, agreement, period)?;
         if spent + amount > allowance + BUDGET_TOLERANCE {

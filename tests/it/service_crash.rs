@@ -2,7 +2,7 @@
 //! SIGKILL in the middle of DP requests, an audit row altered on disk, and
 //! an audit log that cannot be written.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -323,6 +323,27 @@ impl agregat::state::StateStore for AuditDown {
     ) -> Result<agregat::state::Reservation, agregat::state::StateError> {
         self.0
             .reserve(agreement, period, amount, allowance, request_id)
+    }
+    fn reserve_within(
+        &self,
+        agreement: &str,
+        period: &str,
+        amount: f64,
+        allowance: f64,
+        lifetime_ceiling: Option<f64>,
+        request_id: &str,
+    ) -> Result<agregat::state::Reservation, agregat::state::StateError> {
+        self.0.reserve_within(
+            agreement,
+            period,
+            amount,
+            allowance,
+            lifetime_ceiling,
+            request_id,
+        )
+    }
+    fn lifetime_spent(&self) -> Result<f64, agregat::state::StateError> {
+        self.0.lifetime_spent()
     }
     fn commit(&self, r: &agregat::state::Reservation) -> Result<(), agregat::state::StateError> {
         self.0.commit(r)

@@ -27,12 +27,14 @@
 //! breaks several rules at once.
 //!
 //! Agreements: `full` (default), `nocacat`, `cacat_no_permission`,
-//! `pendidikan`, `kec01`, `tiny`; see [`agreements`].
+//! `pendidikan`, `kec01`, `tiny`, `dp_exact` (differential privacy without
+//! noise), and `table` (cell-key without noise: a query must be a table);
+//! see [`agreements`].
 //!
 //! `SQL_CORPUS_FILTER=substring` runs only the cases whose `file:line` or SQL
 //! contains the substring.
 
-mod common;
+use crate::common;
 
 use agregat::protect::{Method, Protection, SparsityRule};
 use std::collections::BTreeMap;
@@ -306,23 +308,30 @@ fn agreements() -> BTreeMap<&'static str, Agreement> {
         .unwrap(),
     );
     // The corpus checks the gate and the grid against true counts computed
-    // independently (DuckDB): an identity ptable (no perturbation), k = 1
-    // and no sparsity refusal. Real protection is tested in tests/protect.rs.
-    for a in m.values_mut() {
-        a.protection = common::true_values();
-    }
-    // SUM and AVG are released only under differential privacy: a budget so
-    // large that the noise is zero with overwhelming probability lets the
-    // corpus check their values too.
-    let mut dp = Agreement::unrestricted("dp_exact", scope());
-    dp.protection = Protection {
+    // independently (DuckDB). The gate agreements use differential privacy
+    // (the method under which the richer SQL is allowed) with a budget so
+    // large that the noise is zero with overwhelming probability and k = 1,
+    // so the released values are the true ones. Real protection is tested
+    // in tests/it/protect.rs and tests/it/redteam.rs.
+    let exact = Protection {
         method: Method::Dp {
             budget: agregat::protect::dp::DpBudget::ZCdp { rho: 1e12 },
             k: 1,
         },
         sparsity: SparsityRule::default(),
     };
+    for a in m.values_mut() {
+        a.protection = exact.clone();
+    }
+    let mut dp = Agreement::unrestricted("dp_exact", scope());
+    dp.protection = exact;
     m.insert("dp_exact", dp);
+    // Under the cell-key method a query must be a table: `table` is `full`
+    // with an identity ptable (no perturbation), k = 1 and no sparsity
+    // refusal, for the cases of tests/sql/tables.slt.
+    let mut table = Agreement::unrestricted("table", scope());
+    table.protection = common::true_values();
+    m.insert("table", table);
     m
 }
 

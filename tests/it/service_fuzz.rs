@@ -3,7 +3,7 @@
 //! junk), random bodies and headers, sent through the router with
 //! `oneshot`. Every answer must be a 2xx or a 4xx problem document.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -5,7 +5,7 @@
 //! installs pyarrow and polars into a venv), else `python3` if it has both
 //! packages; otherwise the test says why it skipped.
 
-mod common;
+use crate::common;
 
 use common::python;
 use std::path::Path;

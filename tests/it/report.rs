@@ -5,7 +5,7 @@
 //! `agregat audit report` in every format. Its figures are checked against
 //! counts computed independently with SQL on the audit table.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

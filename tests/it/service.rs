@@ -1,7 +1,7 @@
 //! The HTTP service end to end: a real server on a loopback port, a real
 //! HTTP client, real Parquet snapshots and a real SQLite state database.
 
-mod common;
+use crate::common;
 
 use agregat::state::Outcome;
 use common::server::{Pks, Server, eventually, problem, standard_agreements, token, token_status};

@@ -2,7 +2,7 @@
 //! defaults and passes the same gate as ad-hoc SQL on the sample; bad
 //! parameter values and bad files give typed errors naming what is wrong.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -173,9 +173,9 @@ fn jumlah_keluarga_grid() {
 
 #[test]
 fn usia_kerja_pendidikan_grid() {
-    // 10 education levels.
+    // 10 education levels, 10 five-year bands from 15-19 to 60-64.
     let r = run("usia_kerja_pendidikan", json!({}));
-    assert_eq!(r.num_rows(), KECAMATAN * 10 * 2);
+    assert_eq!(r.num_rows(), KECAMATAN * 10 * 2 * 10);
     // Code-list strings resolve case-insensitively to the canonical label.
     let sql = query("usia_kerja_pendidikan")
         .render(&params(json!({"jenis_kelamin": "perempuan"})))
@@ -185,7 +185,7 @@ fn usia_kerja_pendidikan_grid() {
         "usia_kerja_pendidikan",
         json!({"jenis_kelamin": "PEREMPUAN"}),
     );
-    assert_eq!(r.num_rows(), KECAMATAN * 10);
+    assert_eq!(r.num_rows(), KECAMATAN * 10 * 10);
     let e = render_err("usia_kerja_pendidikan", json!({"jenis_kelamin": "WANITA"}));
     assert!(
         matches!(&e, SavedError::NotAllowed { param, value, .. } if param == "jenis_kelamin" && value.contains("WANITA")),
