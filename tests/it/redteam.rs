@@ -1466,7 +1466,7 @@ async fn birth_month_cannot_be_narrowed_with_cut_off_dates() {
         let mut lo = NaiveDate::from_ymd_opt(2025, 6, 30).unwrap();
         let mut hi = tr.as_of;
         let mut singled = false;
-        if ru.ok() && base_value.is_some() {
+        if let (true, Some(base_value)) = (ru.ok(), base_value) {
             for (d, f) in dates.iter().zip(&form_of) {
                 let Some(f) = f else { continue };
                 let r = post(
@@ -1478,7 +1478,7 @@ async fn birth_month_cannot_be_narrowed_with_cut_off_dates() {
                 let Some(v) = r.cells("n").first().and_then(|c| c.value) else {
                     continue;
                 };
-                if v != base_value.unwrap() {
+                if v != base_value {
                     // The target was removed: its birthday is on or before d.
                     hi = *d;
                     break;
@@ -1518,7 +1518,9 @@ async fn dp_releases_are_charged_when_noise_is_drawn() {
     let tr = truth();
     let s = red_server().await;
     let who = "bappeda-pontianak";
-    let failing: &[(&str, fn(&str) -> String)] = &[
+    // A post-plan that fails at run time, written around an inner question.
+    type Failing = (&'static str, fn(&str) -> String);
+    let failing: &[Failing] = &[
         ("failing CAST in the outer SELECT", |w| {
             format!(
                 "SELECT kode_kec, CAST(CAST(COUNT(*) AS VARCHAR) || 'x' AS BIGINT) AS n FROM penduduk WHERE {w} GROUP BY kode_kec"
