@@ -47,13 +47,6 @@ use self::suppress::{GridCell, GridTable, Suppression};
 use crate::query::validate::AggregateKind;
 use crate::query::{Code, QueryError};
 
-/// The holding rule (tau-ARGUS): a person cell is released only when its
-/// people come from at least this many households, judged on the cell's
-/// perturbed household count. Like the threshold k it protects groups; an
-/// agreement without a threshold (k = 1, in tests only: agreement files
-/// require k >= 3) has neither.
-pub const MIN_HOUSEHOLDS: u64 = 3;
-
 /// Name of the per-row status column.
 pub const SUPPRESSION_COLUMN: &str = "suppression";
 
@@ -394,24 +387,17 @@ fn sparsity_error(what: &str) -> QueryError {
     )
 }
 
-/// The sparsity rule on released values: among the cells released as
-/// non-zero, the share released below `k` (withheld) exceeds the rule's
-/// `max_ones_twos_share`, or the share released at the smallest published
-/// values (below `k / 2`) exceeds `max_ones_share`. It reads only what the
-/// release would show, so a refusal says nothing a release would not.
-fn sparse(released: &[i64], k: u64, rule: &SparsityRule) -> bool {
-    let nonzero = released.iter().filter(|&&c| c > 0).count();
-    if nonzero == 0 {
+/// The sparsity rule on what the release shows: more than the rule's
+/// `max_ones_twos_share` of the interior cells would be withheld. It reads
+/// only which cells are withheld (released below `k`, or holding too few
+/// households), never a withheld value, so a refusal or a blocked area says
+/// nothing the release itself would not.
+fn sparse(withheld: &[bool], rule: &SparsityRule) -> bool {
+    if withheld.is_empty() {
         return false;
     }
-    let share = |limit: u64| {
-        released
-            .iter()
-            .filter(|&&c| c > 0 && (c as u64) < limit)
-            .count() as f64
-            / nonzero as f64
-    };
-    share(k) > rule.max_ones_twos_share || share(k.div_ceil(2)) > rule.max_ones_share
+    let share = withheld.iter().filter(|&&w| w).count() as f64 / withheld.len() as f64;
+    share > rule.max_ones_twos_share
 }
 
 /// What a DP release of a validated plan would charge and how precise it
@@ -574,9 +560,12 @@ pub(crate) fn protect(
                         .collect(),
                 ));
             }
-            // The holding rule's households, perturbed like any household
-            // count: people from fewer than MIN_HOUSEHOLDS families describe
-            // a family, not a group.
+            // The holding rule (tau-ARGUS): people from a few families
+            // describe those families, not a group. A person cell is
+            // released only when its households, perturbed like any
+            // household count, would be released too (at least k), so
+            // whether it is withheld says no more than the household table
+            // of the same cells would.
             let families: Option<Vec<i64>> = t.holding.then(|| {
                 let base = t.key_columns + t.aggregates.len() + key_idx;
                 let truth = int_values(t.batch.column(base));
@@ -592,32 +581,28 @@ pub(crate) fn protect(
             let released_counts: Vec<&Vec<i64>> = noisy.iter().flatten().collect();
             // 2. Withheld: any count of the row released below k, zeros
             // included, so a withheld cell and an empty one look the same;
-            // and person cells whose households are released below
-            // MIN_HOUSEHOLDS.
+            // and person cells whose households would be withheld.
             let below: Vec<bool> = (0..rows)
                 .map(|r| {
                     released_counts.iter().any(|c| (c[r] as u64) < k)
-                        || (k > 1
-                            && families
-                                .as_ref()
-                                .is_some_and(|f| (f[r] as u64) < MIN_HOUSEHOLDS))
+                        || families.as_ref().is_some_and(|f| (f[r] as u64) < k)
                 })
                 .collect();
-            // 3. Sparsity, on the released interior cells of the first count:
-            // a table (or an area) whose non-empty cells are mostly below k.
-            if let Some(first) = released_counts.first() {
+            // 3. Sparsity, on which interior cells are withheld: a table (or
+            // an area) that would be mostly withheld.
+            if !released_counts.is_empty() {
                 let first_is_region =
                     lay.dims > 0 && t.batch.schema().field(0).name().starts_with("kode_");
                 if first_is_region {
-                    let mut areas: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+                    let mut areas: BTreeMap<String, Vec<bool>> = BTreeMap::new();
                     for r in (0..rows).filter(|&r| interior[r]) {
                         areas
                             .entry(key_string(t.batch.column(0), r))
                             .or_default()
-                            .push(first[r]);
+                            .push(below[r]);
                     }
                     for (area, cells) in &areas {
-                        if sparse(cells, k, &protection.sparsity) {
+                        if sparse(cells, &protection.sparsity) {
                             blocked_areas.push(area.clone());
                         }
                     }
@@ -629,11 +614,11 @@ pub(crate) fn protect(
                         }
                     }
                 } else {
-                    let cells: Vec<i64> = (0..rows)
+                    let cells: Vec<bool> = (0..rows)
                         .filter(|&r| interior[r])
-                        .map(|r| first[r])
+                        .map(|r| below[r])
                         .collect();
-                    if sparse(&cells, k, &protection.sparsity) {
+                    if sparse(&cells, &protection.sparsity) {
                         return Err(sparsity_error("the table"));
                     }
                 }

@@ -158,7 +158,7 @@ async fn half_year(s: &Server) {
     s.clock.set(wib("2026-04-14 11:00"));
     for age in [30, 31, 32, 33] {
         let sql = format!(
-            "SELECT agama, COUNT(*) FROM penduduk WHERE umur(tanggal_lahir) >= {age} GROUP BY 1"
+            "SELECT agama, kelompok_umur(umur(tanggal_lahir), 1), COUNT(*) FROM penduduk WHERE umur(tanggal_lahir) >= {age} GROUP BY 1, 2"
         );
         assert_eq!(d.query("disdik", &sql, false).await, 200);
     }

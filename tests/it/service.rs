@@ -852,7 +852,7 @@ async fn graceful_stop_answers_and_audits_in_flight_requests() {
         let url = s.url("/v1/query");
         tasks.push(tokio::spawn(async move {
             let sql = format!(
-                "SELECT kode_kel, jenis_kelamin, COUNT(*) FROM penduduk WHERE umur(tanggal_lahir) >= {i} GROUP BY 1, 2"
+                "SELECT kode_kel, jenis_kelamin, kelompok_umur(umur(tanggal_lahir), 5), COUNT(*) FROM penduduk WHERE umur(tanggal_lahir) >= {} GROUP BY 1, 2, 3", 5 * i
             );
             http.post(url)
                 .bearer_auth(token("uji"))
