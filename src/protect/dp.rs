@@ -282,6 +282,17 @@ pub fn noisy_sums(
     release(sums, grouping_sets, clamp_sensitivity(lo, hi)?, budget)
 }
 
+/// Half-width of the 95% interval of a released average `sum / count`,
+/// by the delta method, from the two noisy values and the 95% margins of
+/// their (independent) noises: `Var(S/C) ≈ Var(S)/C² + S²·Var(C)/C⁴`, with
+/// each variance taken as (margin / 1.96)², then scaled back by 1.96.
+pub fn ratio_margin_95(sum: f64, count: f64, sum_margin: f64, count_margin: f64) -> f64 {
+    if count <= 0.0 {
+        return f64::INFINITY;
+    }
+    ((sum_margin / count).powi(2) + (sum * count_margin / (count * count)).powi(2)).sqrt()
+}
+
 /// The scale, charge and 95% margin a query would get, without sampling
 /// (for a dry-run cost endpoint). Identical to what [`noisy_counts`]
 /// (`sensitivity_per_set = 1.0`) or [`noisy_sums`]

@@ -188,7 +188,13 @@ pub struct DpInfo {
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct DpColumn {
     pub scale: f64,
+    /// Half-width of the 95% interval of a released value of the column;
+    /// for an AVG, of the released ratio (delta method), at the published
+    /// cell where it is widest.
     pub margin_of_error_95: f64,
+    /// Decimals the values are rounded to (AVG), when not whole numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decimals: Option<u32>,
 }
 
 impl DpColumn {
@@ -196,9 +202,14 @@ impl DpColumn {
         DpColumn {
             scale: release.scale,
             margin_of_error_95: release.margin_of_error_95,
+            decimals: None,
         }
     }
 }
+
+/// Decimals of a released average: noise of a few persons on counts of at
+/// least k makes more digits meaningless.
+pub const AVG_DECIMALS: u32 = 2;
 
 /// Released values: the only input the post-plan and the encoders accept.
 #[derive(Debug, Clone)]
@@ -323,6 +334,9 @@ pub(crate) struct TrueTable<'a> {
     /// The aggregate has grouping sets, so its last key column is
     /// DataFusion's grouping id (read from the plan, not from a name).
     pub grouping_id: bool,
+    /// The output name of each aggregate column (the caller's aliases), for
+    /// the metadata.
+    pub output_names: Vec<String>,
     /// The batch ends with each cell's distinct households and their key
     /// (after the cell keys), for the holding rule.
     pub holding: bool,
@@ -466,10 +480,15 @@ fn budget_share(budget: DpBudget, aggregates: &[AggregateKind]) -> DpBudget {
 
 /// The cost of releasing `aggregates` over `grouping_sets` under `budget`:
 /// the same even split over aggregates (AVG counts twice) as [`protect`].
+///
+/// An AVG's margin is that of the released ratio (delta method) for the
+/// least favourable published cell: a count of `k` whose values all sit at
+/// the upper bound; larger cells have smaller margins.
 pub fn dp_cost(
     budget: DpBudget,
     aggregates: &[AggregateKind],
     grouping_sets: usize,
+    k: u64,
 ) -> Result<DpCost, dp::DpError> {
     let share = budget_share(budget, aggregates);
     let mut charge = 0.0;
@@ -484,18 +503,32 @@ pub fn dp_cost(
                 1,
             ),
             AggregateKind::Avg { lo, hi } => {
-                // noisy sum (reported margin) + noisy count (charged too)
-                let (_, c, _) = dp::plan_cost(grouping_sets, 1.0, share)?;
-                charge += c.value();
-                (
+                // noisy sum + noisy count, both charged
+                let (_, cc, count_margin) = dp::plan_cost(grouping_sets, 1.0, share)?;
+                let (scale, cs, sum_margin) = dp::plan_cost(
+                    grouping_sets,
                     dp::clamp_sensitivity(lo.floor() as i64, hi.ceil() as i64)?,
-                    1,
-                )
+                    share,
+                )?;
+                charge += cc.value() + cs.value();
+                let n = k.max(1) as f64;
+                columns.push(DpColumn {
+                    scale,
+                    margin_of_error_95: dp::ratio_margin_95(
+                        hi.abs().max(lo.abs()) * n,
+                        n,
+                        sum_margin,
+                        count_margin,
+                    ),
+                    decimals: Some(AVG_DECIMALS),
+                });
+                continue;
             }
             AggregateKind::Grouping => {
                 columns.push(DpColumn {
                     scale: 0.0,
                     margin_of_error_95: 0.0,
+                    decimals: None,
                 });
                 continue;
             }
@@ -505,6 +538,7 @@ pub fn dp_cost(
         columns.push(DpColumn {
             scale,
             margin_of_error_95: margin,
+            decimals: None,
         });
     }
     let charge = match budget {
@@ -750,7 +784,11 @@ pub(crate) fn protect(
             let mut noisy_counts: Vec<Vec<i64>> = Vec::new();
             let mut avg_seen = 0;
             for (i, kind) in t.aggregates.iter().enumerate() {
-                let name = schema.field(t.key_columns + i).name().clone();
+                let name = t
+                    .output_names
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| schema.field(t.key_columns + i).name().clone());
                 let truth = int_values(agg_col(i));
                 let col: ArrayRef = match *kind {
                     AggregateKind::CountRows
@@ -796,11 +834,42 @@ pub(crate) fn protect(
                             dp::noisy_counts(&counts, t.grouping_sets, share).map_err(dp_err)?;
                         charge += s.charge.value() + c.charge.value();
                         noisy_counts.push(c.values.clone());
-                        columns.insert(name, DpColumn::of(&s));
+                        // The margin of the ratio at the published cell where
+                        // it is widest (a cell with a count of at least k).
+                        let worst = (0..rows)
+                            .filter(|&r| c.values[r] as u64 >= k.max(1))
+                            .map(|r| {
+                                dp::ratio_margin_95(
+                                    s.values[r] as f64,
+                                    c.values[r] as f64,
+                                    s.margin_of_error_95,
+                                    c.margin_of_error_95,
+                                )
+                            })
+                            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+                            .unwrap_or_else(|| {
+                                dp::ratio_margin_95(
+                                    hi * k.max(1) as f64,
+                                    k.max(1) as f64,
+                                    s.margin_of_error_95,
+                                    c.margin_of_error_95,
+                                )
+                            });
+                        columns.insert(
+                            name,
+                            DpColumn {
+                                scale: s.scale,
+                                margin_of_error_95: worst,
+                                decimals: Some(AVG_DECIMALS),
+                            },
+                        );
+                        let unit = 10f64.powi(AVG_DECIMALS as i32);
                         let v: Float64Array = (0..rows)
                             .map(|r| {
                                 (c.values[r] > 0).then(|| {
-                                    (s.values[r] as f64 / c.values[r] as f64).clamp(lo, hi)
+                                    let mean =
+                                        (s.values[r] as f64 / c.values[r] as f64).clamp(lo, hi);
+                                    (mean * unit).round() / unit
                                 })
                             })
                             .collect();

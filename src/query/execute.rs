@@ -258,6 +258,7 @@ async fn run_inner(
             aggregates: &validated.aggregates,
             grouping_sets: validated.grouping_sets,
             grouping_id: validated.has_grouping_id(),
+            output_names: validated.aggregate_names(),
             holding: holds_households(&validated),
             snapshot: snapshot.id().to_string(),
             tanggal_data: snapshot.manifest.tanggal_data.to_string(),

@@ -191,6 +191,53 @@ impl ValidatedPlan {
         }
     }
 
+    /// The output name of each aggregate column: the caller's alias in the
+    /// final projection (`COUNT(*) AS n` is `n`), else DataFusion's name.
+    /// The same names in a release's metadata and in `/v1/query/cost`.
+    pub fn aggregate_names(&self) -> Vec<String> {
+        let v = self;
+        let LogicalPlan::Aggregate(a) = v.aggregate() else {
+            return Vec::new();
+        };
+        let mut node = v.plan();
+        let projection = loop {
+            match node {
+                LogicalPlan::Projection(p) => break Some(p),
+                LogicalPlan::Aggregate(_) => break None,
+                other => match other.inputs().first() {
+                    Some(i) => node = i,
+                    None => break None,
+                },
+            }
+        };
+        let fields = a.schema.fields();
+        let first = fields.len().saturating_sub(a.aggr_expr.len());
+        fields[first..]
+            .iter()
+            .map(|f| {
+                let name = f.name().clone();
+                projection
+                    .and_then(|p| {
+                        p.expr.iter().find_map(|x| {
+                            let Expr::Alias(outer) = x else {
+                                return None;
+                            };
+                            // COUNT(*) is `count(Int64(1)) AS count(*) AS n`.
+                            let mut inner = outer.expr.as_ref();
+                            while let Expr::Alias(a) = inner {
+                                inner = a.expr.as_ref();
+                            }
+                            match inner {
+                                Expr::Column(c) if c.name == name => Some(outer.name.clone()),
+                                _ => None,
+                            }
+                        })
+                    })
+                    .unwrap_or(name)
+            })
+            .collect()
+    }
+
     /// The table specification, under the cell-key method.
     pub fn table(&self) -> Option<&super::table::TableSpec> {
         self.table.as_ref()

@@ -592,11 +592,11 @@ async fn release(
     // DP: a question released before (also before a restart) is answered
     // with that release, free of charge.
     let reservation = match &agreement.protection.method {
-        Method::Dp { budget, .. }
+        Method::Dp { budget, k }
             if !dp_release_known(state, engine, agreement, &validated, &draft.request_id)
                 .await? =>
         {
-            let cost = dp_cost(*budget, &validated.aggregates, validated.grouping_sets)
+            let cost = dp_cost(*budget, &validated.aggregates, validated.grouping_sets, *k)
                 .map_err(|e| ApiError::internal("privacy cost", e))?;
             let store = Arc::clone(&state.store);
             let (id, period) = (caller.pks.id().to_string(), period_of(state.clock.today()));
@@ -942,7 +942,7 @@ async fn query_cost(
                 resp.max_perturbation = Some(ptable.perturbation_bound());
             }
             Method::Dp { budget, k } => {
-                let cost = dp_cost(*budget, &validated.aggregates, validated.grouping_sets)
+                let cost = dp_cost(*budget, &validated.aggregates, validated.grouping_sets, *k)
                     .map_err(|e| ApiError::internal("privacy cost", e))?;
                 let reuse =
                     dp_release_known(&state, &engine, agreement, &validated, &draft.request_id)
@@ -971,47 +971,7 @@ async fn query_cost(
 /// The output names of the aggregate columns: the alias the query gave
 /// each aggregate (`COUNT(*) AS n` is `n`), else the aggregate's own name.
 fn aggregate_names(v: &ValidatedPlan) -> Vec<String> {
-    use datafusion::logical_expr::{Expr, LogicalPlan};
-    let LogicalPlan::Aggregate(a) = v.aggregate() else {
-        return Vec::new();
-    };
-    let mut node = v.plan();
-    let projection = loop {
-        match node {
-            LogicalPlan::Projection(p) => break Some(p),
-            LogicalPlan::Aggregate(_) => break None,
-            other => match other.inputs().first() {
-                Some(i) => node = i,
-                None => break None,
-            },
-        }
-    };
-    let fields = a.schema.fields();
-    let first = fields.len().saturating_sub(a.aggr_expr.len());
-    fields[first..]
-        .iter()
-        .map(|f| {
-            let name = f.name().clone();
-            projection
-                .and_then(|p| {
-                    p.expr.iter().find_map(|x| {
-                        let Expr::Alias(outer) = x else {
-                            return None;
-                        };
-                        // COUNT(*) is `count(Int64(1)) AS count(*) AS n`.
-                        let mut inner = outer.expr.as_ref();
-                        while let Expr::Alias(a) = inner {
-                            inner = a.expr.as_ref();
-                        }
-                        match inner {
-                            Expr::Column(c) if c.name == name => Some(outer.name.clone()),
-                            _ => None,
-                        }
-                    })
-                })
-                .unwrap_or(name)
-        })
-        .collect()
+    v.aggregate_names()
 }
 
 /// DP: the budget after a release, for its metadata.
@@ -1403,30 +1363,19 @@ async fn readyz(State(state): State<Shared>) -> Response {
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain; version=0.0.4")))]
 async fn metrics(State(state): State<Shared>) -> Response {
-    let period = period_of(state.clock.today());
-    let policy = state.policy();
-    let dp: Vec<(String, f64)> = policy
-        .agreements()
-        .filter(|p| matches!(p.agreement.protection.method, Method::Dp { .. }))
-        .map(|p| (p.id().to_string(), p.budget_per_period.unwrap_or(0.0)))
-        .collect();
+    // Operational figures only: no figure per agreement (its budget, its
+    // refusals) on the service's port. The data owner reads those in the
+    // monitoring report (`agregat audit report`).
     let store = Arc::clone(&state.store);
-    let p2 = period.clone();
-    let budget = tokio::task::spawn_blocking(move || {
-        dp.into_iter()
-            .filter_map(|(id, allowance)| {
-                store
-                    .spent(&id, &p2)
-                    .ok()
-                    .map(|s| (id, p2.clone(), s, allowance))
-            })
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap_or_default();
+    let lifetime = tokio::task::spawn_blocking(move || store.lifetime_spent().ok())
+        .await
+        .ok()
+        .flatten();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(&budget),
+        state
+            .metrics
+            .render(lifetime, state.config.limits.lifetime_privacy_loss),
     )
         .into_response()
 }

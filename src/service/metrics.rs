@@ -1,7 +1,8 @@
 //! Prometheus text metrics: requests by route and status, rejections by
 //! code, latency histograms by route, open, evicted, refused and timed-out
 //! connections, and (filled in at scrape time) the
-//! privacy budget spent per DP agreement in the current period.
+//! privacy loss charged by all agreements against the lifetime ceiling
+//! (nothing per agreement: that is the monitoring report's).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -66,9 +67,10 @@ impl Metrics {
             .audit_entries += 1;
     }
 
-    /// The exposition text; `budget` holds (agreement, period, spent,
-    /// allowance) for the DP agreements.
-    pub fn render(&self, budget: &[(String, String, f64, f64)]) -> String {
+    /// The exposition text; `lifetime` is the privacy loss charged by all
+    /// agreements in all periods, against `ceiling`. Nothing is broken
+    /// down by agreement.
+    pub fn render(&self, lifetime: Option<f64>, ceiling: f64) -> String {
         let m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = String::new();
         out.push_str(
@@ -157,24 +159,16 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
-        out.push_str("# HELP agregat_budget_spent Privacy budget charged (committed and pending) in the current period.\n");
-        out.push_str("# TYPE agregat_budget_spent gauge\n");
-        for (agreement, period, spent, _) in budget {
+        if let Some(spent) = lifetime {
             let _ = writeln!(
                 out,
-                "agregat_budget_spent{{agreement=\"{}\",period=\"{period}\"}} {spent}",
-                escape(agreement)
+                "# HELP agregat_lifetime_privacy_loss Privacy loss (rho) charged by all agreements in all periods.\n# TYPE agregat_lifetime_privacy_loss gauge\nagregat_lifetime_privacy_loss {spent}"
             );
         }
-        out.push_str("# HELP agregat_budget_allowance Privacy budget allowed per period.\n");
-        out.push_str("# TYPE agregat_budget_allowance gauge\n");
-        for (agreement, period, _, allowance) in budget {
-            let _ = writeln!(
-                out,
-                "agregat_budget_allowance{{agreement=\"{}\",period=\"{period}\"}} {allowance}",
-                escape(agreement)
-            );
-        }
+        let _ = writeln!(
+            out,
+            "# HELP agregat_lifetime_privacy_ceiling The per-person privacy-loss ceiling (rho).\n# TYPE agregat_lifetime_privacy_ceiling gauge\nagregat_lifetime_privacy_ceiling {ceiling}"
+        );
         out
     }
 }
@@ -199,7 +193,7 @@ mod tests {
             Some("identifier_in_group_by"),
             Duration::from_millis(1),
         );
-        let t = m.render(&[("bappeda".into(), "2026-S2".into(), 0.25, 1.0)]);
+        let t = m.render(Some(0.25), 5.0);
         assert!(
             t.contains("agregat_requests_total{route=\"/v1/query\",status=\"200\"} 1"),
             "{t}"
@@ -209,6 +203,7 @@ mod tests {
             "agregat_request_duration_seconds_bucket{route=\"/v1/query\",le=\"0.005\"} 2"
         ));
         assert!(t.contains("agregat_request_duration_seconds_count{route=\"/v1/query\"} 2"));
-        assert!(t.contains("agregat_budget_spent{agreement=\"bappeda\",period=\"2026-S2\"} 0.25"));
+        assert!(t.contains("agregat_lifetime_privacy_loss 0.25"), "{t}");
+        assert!(!t.contains("agreement="), "no figure per agreement: {t}");
     }
 }

@@ -345,3 +345,43 @@ fn budget_json_is_tagged() {
         r#"{"measure":"z_cdp","rho":0.25}"#
     );
 }
+
+/// The margin an AVG reports is the margin of the released ratio (noisy
+/// sum / noisy count, delta method), not the noisy sum's: by simulation,
+/// 95% of released averages fall within it of the true mean.
+#[test]
+fn avg_margin_is_the_margin_of_the_released_ratio() {
+    use agregat::protect::dp::ratio_margin_95;
+    // Cells of 40 people of mean age 32 (sum 1280), ages clamped to 0..120.
+    let (count, sum) = (40i64, 1280i64);
+    let budget = DpBudget::ZCdp { rho: 0.05 };
+    let sums = noisy_sums(&vec![sum; N], 0, 120, 1, budget).unwrap();
+    let counts = noisy_counts(&vec![count; N], 1, budget).unwrap();
+    let truth = sum as f64 / count as f64;
+    let mut inside = 0usize;
+    let mut margins = Vec::with_capacity(N);
+    for i in 0..N {
+        let (s, c) = (sums.values[i] as f64, counts.values[i] as f64);
+        let m = ratio_margin_95(s, c, sums.margin_of_error_95, counts.margin_of_error_95);
+        margins.push(m);
+        if ((s / c) - truth).abs() <= m {
+            inside += 1;
+        }
+    }
+    let coverage = inside as f64 / N as f64;
+    let se = (0.95f64 * 0.05 / N as f64).sqrt();
+    // OpenDP's margins are tail bounds (at least 95%); the delta method is
+    // an approximation: coverage between 95% - 5 se and 99%.
+    assert!(
+        coverage >= 0.95 - Z * se && coverage <= 0.99,
+        "coverage {coverage:.4}"
+    );
+    // And it is about the ratio, orders of magnitude below the sum's.
+    let typical = margins[N / 2];
+    assert!(
+        typical < sums.margin_of_error_95 / 10.0,
+        "{typical} vs {}",
+        sums.margin_of_error_95
+    );
+    assert!(typical > 0.1, "{typical}");
+}

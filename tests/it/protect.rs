@@ -287,10 +287,20 @@ fn sum_and_avg_need_differential_privacy() {
     };
     let r = run(
         &dp,
-        "SELECT kode_kec, COUNT(*), AVG(umur(tanggal_lahir)) FROM penduduk GROUP BY 1",
+        "SELECT kode_kec, COUNT(*) AS n, AVG(umur(tanggal_lahir)) AS rata_rata FROM penduduk GROUP BY 1",
     );
     let m = r.table.metadata();
     let info = m.dp.as_ref().unwrap();
+    // Keyed by the output columns; the AVG's margin is the ratio's (a few
+    // tenths of a year on a kecamatan), and its values are rounded.
+    let keys: Vec<&String> = info.columns.keys().collect();
+    assert_eq!(keys, ["n", "rata_rata"], "{info:?}");
+    let avg = &info.columns["rata_rata"];
+    assert_eq!(avg.decimals, Some(2));
+    assert!(
+        avg.margin_of_error_95 > 0.0 && avg.margin_of_error_95 < 1.0,
+        "{avg:?}"
+    );
     // Three released parts (count, avg's sum and count), rho split evenly;
     // the charge is what OpenDP's maps returned, never above the budget.
     assert!(
