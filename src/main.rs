@@ -64,9 +64,14 @@ enum Command {
         /// Snapshot directory.
         #[arg(long)]
         snapshot: PathBuf,
-        /// Agreement file (TOML) whose rules apply.
+        /// The agreement whose rules apply: a PKS agreement file (as the
+        /// service reads), the id of one in `--policy DIR`, or a gate-only
+        /// agreement file.
         #[arg(long)]
         agreement: PathBuf,
+        /// Directory of PKS agreement files; `--agreement` is then an id.
+        #[arg(long)]
+        policy: Option<PathBuf>,
         #[arg(long)]
         sql: String,
         #[arg(long, value_enum, default_value_t = agregat::output::Format::Table)]
@@ -281,11 +286,21 @@ fn run(cli: Cli) -> Result<(), agregat::Error> {
         Command::Query {
             snapshot,
             agreement,
+            policy,
             sql,
             format,
             output,
         } => {
-            let agreement = agregat::agreement::Agreement::load(&agreement)?;
+            let agreement = cli_agreement(&agreement, policy.as_deref())?;
+            // Decision: the command line is the data owner's local tool (it
+            // reads the snapshot files directly, which only Disdukcapil
+            // holds). It applies the agreement's gate and protection, but
+            // writes no audit entry and charges no budget; agencies query
+            // through `agregat serve`, which does both.
+            eprintln!(
+                "agregat query: local run for the data owner under agreement '{}': protected as the agreement prescribes, but not audited and not charged to its budget; agencies query through `agregat serve`",
+                agreement.id
+            );
             let snap = Snapshot::open(&snapshot, Verify::Full)?;
             let runtime = tokio::runtime::Runtime::new().map_err(agregat::Error::Runtime)?;
             let result = runtime.block_on(async {
@@ -538,6 +553,56 @@ fn state_file(path: &std::path::Path) -> PathBuf {
     } else {
         path.to_path_buf()
     }
+}
+
+/// The agreement of `agregat query`: an id in a policy directory, a PKS
+/// agreement file (validated with its whole directory, as the service
+/// does), or a gate-only agreement file.
+fn cli_agreement(
+    agreement: &std::path::Path,
+    policy: Option<&std::path::Path>,
+) -> Result<agregat::agreement::Agreement, agregat::Error> {
+    use agregat::service::Clock;
+    let today = agregat::service::SystemClock.today();
+    if let Some(dir) = policy {
+        let policy = agregat::policy::Policy::load_dir(dir, today)?;
+        let id = agreement.to_string_lossy();
+        return match policy.get(&id) {
+            Some(p) => Ok(p.agreement.clone()),
+            None => {
+                let ids: Vec<&str> = policy.agreements().map(|p| p.id()).collect();
+                Err(agregat::Error::Usage(format!(
+                    "no agreement '{id}' in {}; the agreements there are: {}",
+                    dir.display(),
+                    ids.join(", ")
+                )))
+            }
+        };
+    }
+    let text = std::fs::read_to_string(agreement).unwrap_or_default();
+    let pks = text
+        .lines()
+        .any(|l| l.trim_start().starts_with("pks_number"));
+    if !pks {
+        return Ok(agregat::agreement::Agreement::load(agreement)?);
+    }
+    let dir = agreement
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let policy = agregat::policy::Policy::load_dir(dir, today)?;
+    let wanted = std::fs::canonicalize(agreement).map_err(agregat::Error::Runtime)?;
+    policy
+        .agreements()
+        .find(|p| std::fs::canonicalize(&p.file).is_ok_and(|f| f == wanted))
+        .map(|p| p.agreement.clone())
+        .ok_or_else(|| {
+            agregat::Error::Usage(format!(
+                "{} is not one of the agreements loaded from {}",
+                agreement.display(),
+                dir.display()
+            ))
+        })
 }
 
 fn serve(args: ServeArgs) -> Result<(), agregat::Error> {

@@ -17,6 +17,83 @@ fn agregat(args: &[&str]) -> (i32, String, String) {
 const SNAPSHOT: &str = "data-samples/dkb-2026-s1";
 const AGREEMENT: &str = "data-samples/contoh-lokal.toml";
 
+/// `agregat query` reads the same PKS agreement files as the service, by
+/// file or by id in a policy directory, applies their protection, and says
+/// that it is an unaudited local run.
+#[test]
+fn query_reads_pks_agreements_and_says_it_is_a_local_run() {
+    let table = "SELECT kode_kec, jenis_kelamin, COUNT(*) AS n FROM penduduk GROUP BY 1, 2";
+    for args in [
+        vec![
+            "--agreement",
+            "data-samples/agreements/disdikbud-pontianak.toml",
+        ],
+        vec![
+            "--policy",
+            "data-samples/agreements",
+            "--agreement",
+            "disdikbud-pontianak",
+        ],
+    ] {
+        let mut all = vec![
+            "query",
+            "--snapshot",
+            SNAPSHOT,
+            "--format",
+            "json",
+            "--sql",
+            table,
+        ];
+        all.extend(args);
+        let (code, out, err) = agregat(&all);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["rows"].as_array().unwrap().len(), 12);
+        assert_eq!(v["protection"]["method"], "cell_key");
+        assert!(err.contains("not audited"), "{err}");
+    }
+    // The agreement's rules: a FILTER is not a table under cell-key, and
+    // agama is not among the education office's elements.
+    for (sql, code_text) in [
+        (
+            "SELECT COUNT(*) FILTER (WHERE jenis_kelamin = 'LAKI-LAKI') FROM penduduk",
+            "[not_a_table]",
+        ),
+        (
+            "SELECT agama, COUNT(*) FROM penduduk GROUP BY 1",
+            "[element_not_permitted]",
+        ),
+    ] {
+        let (code, _, err) = agregat(&[
+            "query",
+            "--snapshot",
+            SNAPSHOT,
+            "--agreement",
+            "data-samples/agreements/disdikbud-pontianak.toml",
+            "--sql",
+            sql,
+        ]);
+        assert_ne!(code, 0, "{sql}");
+        assert!(err.contains(code_text), "{sql}: {err}");
+    }
+    let (code, _, err) = agregat(&[
+        "query",
+        "--snapshot",
+        SNAPSHOT,
+        "--policy",
+        "data-samples/agreements",
+        "--agreement",
+        "tidak-ada",
+        "--sql",
+        table,
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("tidak-ada") && err.contains("disdikbud-pontianak"),
+        "{err}"
+    );
+}
+
 #[test]
 fn query_json_carries_protection_and_rejections_exit_with_the_code() {
     let (code, out, err) = agregat(&[
