@@ -22,3 +22,4 @@ mod service_fuzz;
 mod sql_corpus;
 mod state;
 mod suppress;
+mod utility;
