@@ -99,6 +99,11 @@ enum Command {
         /// Threshold: counts 1..k-1 are withheld.
         #[arg(long, default_value_t = 10)]
         k: u64,
+        /// Label withheld cells `primary` (a small count) or `secondary`
+        /// (withheld to protect one). Without it every withheld cell reads
+        /// `withheld`: the labels would tell a reader which cells are small.
+        #[arg(long)]
+        show_reasons: bool,
     },
     /// Snapshot maintenance.
     Snapshot {
@@ -364,12 +369,28 @@ fn run(cli: Cli) -> Result<(), agregat::Error> {
             dims,
             value,
             k,
+            show_reasons,
         } => {
             let text = std::fs::read_to_string(&input).map_err(agregat::Error::Runtime)?;
-            let (out, summary) = agregat::protect::suppress::suppress_csv(&text, &dims, &value, k)
-                .map_err(agregat::Error::Suppress)?;
+            let (out, summary) = agregat::protect::suppress::suppress_csv_labelled(
+                &text,
+                &dims,
+                &value,
+                k,
+                show_reasons,
+            )
+            .map_err(agregat::Error::Suppress)?;
             print!("{out}");
-            eprintln!("{summary}");
+            if show_reasons {
+                eprintln!("{summary}");
+            } else {
+                eprintln!(
+                    "{} cells: {} withheld, {} published",
+                    summary.cells,
+                    summary.primary + summary.secondary,
+                    summary.cells - summary.primary - summary.secondary
+                );
+            }
         }
         Command::Snapshot {
             command: SnapshotCommand::Verify { dir },

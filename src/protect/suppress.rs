@@ -376,6 +376,20 @@ pub fn suppress_csv(
     value: &str,
     k: u64,
 ) -> Result<(String, SuppressSummary), SuppressError> {
+    suppress_csv_labelled(input, dims, value, k, true)
+}
+
+/// As [`suppress_csv`]; with `reasons` false every withheld cell is
+/// labelled `withheld`, so a reader of the CSV cannot tell the primary
+/// cells (true counts 1..k-1) from their complements (`agregat suppress`
+/// without `--show-reasons`).
+pub fn suppress_csv_labelled(
+    input: &str,
+    dims: &[String],
+    value: &str,
+    k: u64,
+    reasons: bool,
+) -> Result<(String, SuppressSummary), SuppressError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .from_reader(input.as_bytes());
@@ -486,7 +500,11 @@ pub fn suppress_csv(
         if label.is_some() {
             fields[value_idx] = "";
         }
-        fields.push(label.map_or("", Suppression::as_str));
+        fields.push(match label {
+            Some(_) if !reasons => "withheld",
+            Some(l) => l.as_str(),
+            None => "",
+        });
         writer.write_record(&fields).map_err(csv_error)?;
     }
     let bytes = writer

@@ -190,6 +190,30 @@ fn suppress_a_spreadsheet() {
         out.lines().next().unwrap().ends_with(",suppression"),
         "{out}"
     );
+    // Without --show-reasons a reader cannot tell small cells from their
+    // complements.
+    assert!(out.contains(",withheld"), "{out}");
+    assert!(
+        !out.contains("primary") && !out.contains("secondary"),
+        "{out}"
+    );
+    assert!(
+        !err.contains("primary") && err.contains("withheld"),
+        "{err}"
+    );
+    let (code, out, err) = agregat(&[
+        "suppress",
+        "--input",
+        "tests/data/suppress/penduduk.csv",
+        "--dims",
+        "kecamatan,jenis_kelamin",
+        "--value",
+        "jumlah",
+        "--k",
+        "10",
+        "--show-reasons",
+    ]);
+    assert_eq!(code, 0, "{err}");
     assert!(
         out.contains(",primary") && out.contains(",secondary"),
         "{out}"
