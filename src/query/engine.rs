@@ -21,7 +21,9 @@ pub const PENDUDUK: &str = "penduduk";
 /// Resource limits of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Memory pool for all queries on this snapshot.
+    /// Memory pool for all queries of the process: engines with the same
+    /// limit share one pool, so serving several snapshots does not
+    /// multiply it.
     pub memory_limit_bytes: usize,
     /// Parallelism of scans and aggregations.
     pub target_partitions: usize,
@@ -37,6 +39,30 @@ impl Default for EngineConfig {
             query_timeout: Duration::from_secs(60),
         }
     }
+}
+
+/// The process's DataFusion runtime (memory pool, spill files) for a memory
+/// limit: one pool however many snapshots are served, so concurrent
+/// queries on different snapshots are admitted against the same bound.
+fn shared_runtime(
+    limit: usize,
+) -> Result<std::sync::Arc<datafusion::execution::runtime_env::RuntimeEnv>, EngineError> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    type Pools = Mutex<HashMap<usize, Arc<datafusion::execution::runtime_env::RuntimeEnv>>>;
+    static POOLS: OnceLock<Pools> = OnceLock::new();
+    let mut pools = POOLS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(rt) = pools.get(&limit) {
+        return Ok(Arc::clone(rt));
+    }
+    let rt = RuntimeEnvBuilder::new()
+        .with_memory_limit(limit, 1.0)
+        .build_arc()?;
+    pools.insert(limit, Arc::clone(&rt));
+    Ok(rt)
 }
 
 /// One snapshot, ready to query.
@@ -64,9 +90,7 @@ const GRID_CACHE_ENTRIES: usize = 512;
 
 impl Engine {
     pub async fn open(snapshot: Snapshot, config: EngineConfig) -> Result<Engine, EngineError> {
-        let runtime = RuntimeEnvBuilder::new()
-            .with_memory_limit(config.memory_limit_bytes, 1.0)
-            .build_arc()?;
+        let runtime = shared_runtime(config.memory_limit_bytes)?;
         let session = SessionConfig::new()
             .with_target_partitions(config.target_partitions.max(1))
             .with_information_schema(false)

@@ -14,7 +14,7 @@
 //!                                         # every file at start (large warehouses)
 //!
 //! [limits]
-//! memory_limit_mb = 2048          # DataFusion memory pool per snapshot
+//! memory_limit_mb = 2048          # DataFusion memory pool of the process (all snapshots)
 //! target_partitions = 0           # 0: one per core
 //! query_timeout_seconds = 60      # upper bound; agreements may set less
 //! max_body_bytes = 65536          # request bodies
