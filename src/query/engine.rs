@@ -164,6 +164,17 @@ impl Engine {
         &self.margins
     }
 
+    /// Makes the margin memory durable: loads what was recorded for this
+    /// snapshot and records every later admission through `journal`.
+    pub fn persist_margins(
+        &self,
+        recorded: Vec<(String, String, String, f64)>,
+        journal: super::margins::Journal,
+    ) {
+        self.margins.restore(recorded);
+        self.margins.set_journal(journal);
+    }
+
     /// The margins of an agreement's released tables on this snapshot that
     /// are closest to the averaging floor (worst first), for `/v1/budget`.
     pub fn margin_state(

@@ -119,6 +119,9 @@ pub enum EngineError {
     DataFusion(#[from] datafusion::error::DataFusionError),
     #[error(transparent)]
     Snapshot(#[from] crate::warehouse::SnapshotError),
+    /// The margin memory could not be made durable; nothing is released.
+    #[error("the record of released margins could not be written: {0}")]
+    MarginJournal(String),
 }
 
 /// What running a query can end in.

@@ -68,13 +68,51 @@ pub struct MarginState {
     pub standard_error: f64,
 }
 
+/// Where admitted breakdowns are made durable (the state database), so that
+/// a restart does not renew the memory: called with the agreement and the
+/// new (margin, partition, information) rows before a table is admitted.
+pub type Journal =
+    std::sync::Arc<dyn Fn(&str, &[(String, String, f64)]) -> Result<(), String> + Send + Sync>;
+
 /// Per agreement: margin → what has been released about it.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct MarginMemory {
     agreements: Mutex<HashMap<String, HashMap<String, Margin>>>,
+    journal: Mutex<Option<Journal>>,
+}
+
+impl std::fmt::Debug for MarginMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MarginMemory").finish_non_exhaustive()
+    }
 }
 
 impl MarginMemory {
+    /// Makes every later admission durable through `journal`.
+    pub(crate) fn set_journal(&self, journal: Journal) {
+        *self
+            .journal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(journal);
+    }
+
+    /// Loads recorded rows: (agreement, margin, partition, information).
+    pub(crate) fn restore(&self, rows: Vec<(String, String, String, f64)>) {
+        let mut all = self
+            .agreements
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (agreement, margin, partition, information) in rows {
+            all.entry(agreement)
+                .or_default()
+                .entry(margin)
+                .or_default()
+                .partitions
+                .entry(partition)
+                .or_insert(information);
+        }
+    }
+
     /// Admits a table's estimates for `agreement` under a ptable of variance
     /// `variance`, recording them, or refuses the table without recording
     /// anything.
@@ -83,7 +121,7 @@ impl MarginMemory {
         agreement: &str,
         variance: f64,
         estimates: &[Estimate],
-    ) -> Result<(), QueryError> {
+    ) -> Result<(), super::error::RunError> {
         if variance <= 0.0 {
             // No noise (an identity table in tests): nothing to average.
             return Ok(());
@@ -108,14 +146,37 @@ impl MarginMemory {
             let info = m.information();
             // Only a new breakdown can be refused; repeats add nothing.
             if info > before + 1e-12 && info > max_information + 1e-9 {
-                return Err(QueryError::new(
+                return Err(super::error::RunError::Query(QueryError::new(
                     Code::MarginRepartitioned,
                     format!(
                         "the margin {name} has already been released in {} breakdown(s); another breakdown of it would let the released tables be averaged to within ±{SE_FLOOR} person of its true value. Ask for a breakdown you already have, add the margin to the query as a total (ROLLUP), or restrict the table to other categories",
                         margins.get(*name).map_or(0, |m| m.partitions.len())
                     ),
-                ));
+                )));
             }
+        }
+        // Durable before anything is released: a table whose breakdowns
+        // cannot be remembered is not answered.
+        let new_rows: Vec<(String, String, f64)> = after
+            .iter()
+            .flat_map(|(name, m)| {
+                let known = margins.get(*name);
+                m.partitions
+                    .iter()
+                    .filter(move |(p, _)| known.is_none_or(|k| !k.partitions.contains_key(*p)))
+                    .map(move |(p, i)| (name.to_string(), p.clone(), *i))
+            })
+            .collect();
+        if !new_rows.is_empty()
+            && let Some(journal) = self
+                .journal
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        {
+            journal(agreement, &new_rows).map_err(|e| {
+                super::error::RunError::Engine(super::error::EngineError::MarginJournal(e))
+            })?;
         }
         for (name, m) in after {
             margins.insert(name.to_string(), m);
@@ -174,7 +235,9 @@ mod tests {
         let e = m
             .admit("a", 2.0, &[est("kel=1", "pendidikan", 1.0 / 10.0)])
             .unwrap_err();
-        assert_eq!(e.code, Code::MarginRepartitioned);
+        assert!(
+            matches!(e, super::super::error::RunError::Query(q) if q.code == Code::MarginRepartitioned)
+        );
         // Another agreement has its own memory; a refusal records nothing.
         m.admit("b", 2.0, &[est("kel=1", "pendidikan", 0.1)])
             .unwrap();

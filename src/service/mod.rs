@@ -224,6 +224,19 @@ impl AppState {
             }
         })?;
         let store: Arc<dyn StateStore> = Arc::new(SqliteStore::open(config.state_file())?);
+        // The margin memory of every snapshot lives in the state database.
+        for (id, engine) in &snapshots {
+            let recorded = store.margins_load(id)?;
+            let (journal_store, snapshot) = (Arc::clone(&store), id.clone());
+            engine.persist_margins(
+                recorded,
+                Arc::new(move |agreement: &str, rows: &[(String, String, f64)]| {
+                    journal_store
+                        .margins_record(agreement, &snapshot, rows)
+                        .map_err(|e| e.to_string())
+                }),
+            );
+        }
         for (path, mode) in was_exposed {
             eprintln!(
                 "agregat: WARNING: {} was readable by group or others (mode {mode:03o}); it is now private (directory 0700, files 0600). It holds every agency's SQL, client addresses and token ids: if other users could read it, treat that as a disclosure.",

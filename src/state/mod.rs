@@ -156,6 +156,23 @@ pub trait StateStore: Send + Sync {
     /// every period.
     fn lifetime_spent(&self) -> Result<f64, StateError>;
 
+    /// Records what a released cell-key table told about margins of a
+    /// snapshot: (margin, partition, information) rows; a row already
+    /// recorded is kept as it is.
+    fn margins_record(
+        &self,
+        agreement: &str,
+        snapshot: &str,
+        rows: &[(String, String, f64)],
+    ) -> Result<(), StateError>;
+
+    /// Every recorded margin row of a snapshot: (agreement, margin,
+    /// partition, information).
+    fn margins_load(
+        &self,
+        snapshot: &str,
+    ) -> Result<Vec<(String, String, String, f64)>, StateError>;
+
     /// Marks a pending reservation as committed (the release went out).
     /// Committing an already committed reservation is a no-op.
     fn commit(&self, reservation: &Reservation) -> Result<(), StateError>;

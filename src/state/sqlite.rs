@@ -82,6 +82,20 @@ CREATE TABLE refusal_counts (
     PRIMARY KEY (minute_ms, client_addr, code)
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- The margin memory against averaging (src/query/margins.rs): what each
+-- agreement's cell-key tables have released about each margin of a
+-- snapshot, so that a restart does not renew it.
+CREATE TABLE margin_memory (
+    agreement   TEXT NOT NULL,
+    snapshot    TEXT NOT NULL,
+    margin      TEXT NOT NULL,
+    partition   TEXT NOT NULL,
+    information REAL NOT NULL CHECK (information > 0),
+    recorded_at TEXT NOT NULL,
+    PRIMARY KEY (agreement, snapshot, margin, partition)
+) WITHOUT ROWID;
+"#,
 ];
 
 const AUDIT_COLUMNS: &str = "seq, time, time_ms, agreement, token_id, endpoint, sql, \
@@ -685,6 +699,50 @@ impl StateStore for SqliteStore {
 
     fn lifetime_spent(&self) -> Result<f64, StateError> {
         sum_lifetime(&self.lock())
+    }
+
+    fn margins_record(
+        &self,
+        agreement: &str,
+        snapshot: &str,
+        rows: &[(String, String, f64)],
+    ) -> Result<(), StateError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sq("starting to record released margins"))?;
+        let now = now_rfc3339();
+        for (margin, partition, information) in rows {
+            tx.execute(
+                "INSERT OR IGNORE INTO margin_memory \
+                 (agreement, snapshot, margin, partition, information, recorded_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![agreement, snapshot, margin, partition, information, now],
+            )
+            .map_err(sq("recording a released margin"))?;
+        }
+        tx.commit().map_err(sq("committing released margins"))
+    }
+
+    fn margins_load(
+        &self,
+        snapshot: &str,
+    ) -> Result<Vec<(String, String, String, f64)>, StateError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT agreement, margin, partition, information FROM margin_memory \
+                 WHERE snapshot = ?1",
+            )
+            .map_err(sq("reading released margins"))?;
+        let rows = stmt
+            .query_map(params![snapshot], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .map_err(sq("reading released margins"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sq("reading released margins"))?;
+        Ok(rows)
     }
 
     fn reserve_within(

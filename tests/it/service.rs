@@ -1346,3 +1346,66 @@ async fn a_wrong_token_flood_grows_the_state_by_a_bounded_amount() {
     assert_eq!(counts.iter().map(|c| c.count).sum::<u64>(), 10_000);
     assert_eq!(store.entries(None, None).unwrap().len(), 1);
 }
+
+/// The memory against averaging: breakdowns of one margin (each
+/// kelurahan's total) are counted until their average would pin it, then a
+/// new breakdown is refused with `margin_repartitioned`; repeats stay free;
+/// the memory survives a restart and `/v1/budget` shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_partitions_of_a_margin_are_remembered_and_refused() {
+    let s = Server::standard().await;
+    let by = |d: &str| {
+        if d.is_empty() {
+            "SELECT kode_kel, COUNT(*) AS n FROM penduduk GROUP BY 1".to_string()
+        } else {
+            format!("SELECT kode_kel, {d}, COUNT(*) AS n FROM penduduk GROUP BY 1, 2")
+        }
+    };
+    let mut accepted = Vec::new();
+    let mut refused = None;
+    for d in [
+        "",
+        "jenis_kelamin",
+        "status_perkawinan",
+        "agama",
+        "golongan_darah",
+        "pendidikan_terakhir",
+        "jenis_pekerjaan",
+        "status_hubungan_keluarga",
+    ] {
+        let r = s.query("uji", &by(d)).await;
+        match r.status().as_u16() {
+            200 => accepted.push(d),
+            422 => {
+                let p = problem(r, 422).await;
+                assert_eq!(p["code"], "margin_repartitioned", "{p}");
+                assert!(p["detail"].as_str().unwrap().contains("kode_kel"), "{p}");
+                refused = Some(d);
+                break;
+            }
+            other => panic!("{d}: {other}"),
+        }
+    }
+    let refused = refused.expect("some breakdown must be refused");
+    assert!(accepted.len() >= 3, "{accepted:?}");
+    // Repeats of what was released are free.
+    for d in &accepted {
+        assert_eq!(s.query("uji", &by(d)).await.status(), 200, "{d}");
+    }
+    let b: Value = s.get("uji", "/v1/budget").await.json().await.unwrap();
+    let margins = b["margins"].as_array().unwrap();
+    assert!(
+        margins
+            .iter()
+            .any(|m| m["margin"].as_str().unwrap().contains("kode_kel")
+                && m["standard_error"].as_f64().unwrap() <= 1.5),
+        "{b}"
+    );
+    // A restart does not renew the memory.
+    let env = s.stop().await;
+    let s = Server::start(env).await;
+    let r = s.query("uji", &by(refused)).await;
+    assert_eq!(problem(r, 422).await["code"], "margin_repartitioned");
+    assert_eq!(s.query("uji", &by(accepted[0])).await.status(), 200);
+    s.stop().await;
+}

@@ -348,6 +348,20 @@ impl agregat::state::StateStore for AuditDown {
     fn lifetime_spent(&self) -> Result<f64, agregat::state::StateError> {
         self.0.lifetime_spent()
     }
+    fn margins_record(
+        &self,
+        agreement: &str,
+        snapshot: &str,
+        rows: &[(String, String, f64)],
+    ) -> Result<(), agregat::state::StateError> {
+        self.0.margins_record(agreement, snapshot, rows)
+    }
+    fn margins_load(
+        &self,
+        snapshot: &str,
+    ) -> Result<Vec<(String, String, String, f64)>, agregat::state::StateError> {
+        self.0.margins_load(snapshot)
+    }
     fn commit(&self, r: &agregat::state::Reservation) -> Result<(), agregat::state::StateError> {
         self.0.commit(r)
     }
