@@ -940,13 +940,18 @@ pub(crate) fn protect(
     let batch = RecordBatch::try_new(Arc::clone(&schema), columns)
         .map_err(|e| QueryError::new(Code::InvalidValue, e.to_string()))?;
     let catatan = match method {
-        "cell_key" => format!(
-            "Angka telah diacak ±{} untuk melindungi kerahasiaan; sel dengan jumlah 1 sampai {} tidak ditampilkan; total mungkin tidak sama dengan jumlah rinciannya.",
-            ptable_info.as_ref().map_or(0, |p| p.max_perturbation),
-            k.saturating_sub(1)
-        ),
+        "cell_key" => {
+            let d = ptable_info
+                .as_ref()
+                .map_or(0, |p| u64::from(p.max_perturbation));
+            format!(
+                "Angka telah diacak paling banyak ±{d} untuk melindungi kerahasiaan: angka yang ditampilkan v berasal dari jumlah sebenarnya antara v-{d} dan v+{d}. Sel yang hasil acaknya di bawah {k} (termasuk sel kosong) dan sel yang penduduknya berasal dari kurang dari {k} keluarga tidak ditampilkan, sehingga sel kosong tidak dapat dibedakan dari sel kecil; sel yang tidak ditampilkan karena hasil acaknya di bawah {k} berisi 0 sampai {} orang. Total mungkin tidak sama dengan jumlah rinciannya.",
+                k.saturating_sub(1) + d
+            )
+        }
         _ => format!(
-            "Angka mengandung derau acak (differential privacy) untuk melindungi kerahasiaan; lihat margin of error tiap kolom; sel di bawah {k} tidak ditampilkan; total mungkin tidak sama dengan jumlah rinciannya."
+            "Angka mengandung derau acak (differential privacy) untuk melindungi kerahasiaan; lihat margin of error tiap kolom. Baris dengan hasil hitung acak antara 1 dan {} tidak ditampilkan. Total mungkin tidak sama dengan jumlah rinciannya.",
+            k.saturating_sub(1)
         ),
     };
     Ok(ProtectedTable {

@@ -114,12 +114,51 @@ pub async fn check_query(
     agreement: &Agreement,
     sql: &str,
 ) -> Result<ValidatedPlan, RunError> {
-    let plan = sql_to_plan(engine, sql, agreement.limits.max_sql_bytes).await?;
-    let (validated, unique_checks) = validate(&plan, agreement, engine.as_of_days())?;
+    let (validated, unique_checks) = plan_and_validate(engine, agreement, sql)?;
     for (ref_plan, keys) in unique_checks {
         check_unique(engine, ref_plan, keys).await?;
     }
     Ok(validated)
+}
+
+/// Stack of the thread that parses, plans and validates: hostile SQL is
+/// refused by depth limits before any recursive walk of the plan, and this
+/// is the margin behind those limits, whatever the caller's thread (a
+/// tokio worker has 2 MiB).
+const PLANNING_STACK: usize = 64 << 20;
+
+/// Parses, plans and validates on a thread of its own with a large stack;
+/// a deep plan is also dropped there.
+fn plan_and_validate(
+    engine: &Engine,
+    agreement: &Agreement,
+    sql: &str,
+) -> Result<(ValidatedPlan, Vec<super::validate::UniqueCheck>), RunError> {
+    std::thread::scope(|s| {
+        let work = std::thread::Builder::new()
+            .name("agregat-plan".into())
+            .stack_size(PLANNING_STACK)
+            .spawn_scoped(s, || -> Result<_, RunError> {
+                let plan = futures::executor::block_on(sql_to_plan(
+                    engine,
+                    sql,
+                    agreement.limits.max_sql_bytes,
+                ))?;
+                Ok(validate(&plan, agreement, engine.as_of_days())?)
+            });
+        match work {
+            Ok(handle) => handle.join().unwrap_or_else(|_| {
+                Err(RunError::Engine(EngineError::DataFusion(
+                    datafusion::error::DataFusionError::Internal(
+                        "the planning thread failed".into(),
+                    ),
+                )))
+            }),
+            Err(e) => Err(RunError::Engine(EngineError::DataFusion(
+                datafusion::error::DataFusionError::External(Box::new(e)),
+            ))),
+        }
+    })
 }
 
 /// Runs a plan that [`check_query`] validated for this agreement, within

@@ -29,6 +29,7 @@ pub async fn sql_to_plan(
             ),
         ));
     }
+    check_nesting(sql)?;
     let mut statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})
         .map_err(|e| QueryError::new(Code::ParseError, clean_message(&e)))?;
     let statement = match statements.len() {
@@ -99,6 +100,65 @@ pub async fn sql_to_plan(
     Ok(plan)
 }
 
+/// Deepest parenthesis nesting accepted in the SQL text. The parser
+/// backtracks on nested parentheses (a `(` may open a subquery or an
+/// expression), so its time grows exponentially with depth: 45 nested
+/// `NOT (` took longer than any timeout. Real queries stay below 10.
+pub const MAX_PAREN_DEPTH: usize = 24;
+
+/// Refuses SQL text nested deeper than [`MAX_PAREN_DEPTH`] parentheses,
+/// counted on the text before parsing (quoted strings, quoted identifiers
+/// and comments do not count).
+fn check_nesting(sql: &str) -> Result<(), QueryError> {
+    let b = sql.as_bytes();
+    let (mut i, mut depth, mut deepest) = (0usize, 0usize, 0usize);
+    while i < b.len() {
+        match b[i] {
+            q @ (b'\'' | b'"') => {
+                i += 1;
+                while i < b.len() {
+                    if b[i] == q {
+                        if i + 1 < b.len() && b[i + 1] == q {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'(' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    if deepest > MAX_PAREN_DEPTH {
+        return Err(QueryError::new(
+            Code::QueryTooComplex,
+            format!(
+                "the query nests parentheses {deepest} deep; at most {MAX_PAREN_DEPTH} are accepted; write alternatives as IN (...), drop redundant parentheses, and combine conditions with AND"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Deepest expression nesting accepted. Real aggregate queries stay below
 /// 20; the limit keeps every later walk over the plan (the gate, the grid,
 /// the post-plan, formatting for logs) far from the end of a thread's stack.
@@ -139,4 +199,27 @@ fn check_depth(plan: &LogicalPlan) -> Result<(), QueryError> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nesting_is_counted_outside_strings_and_comments() {
+        let deep = format!("SELECT {}1{}", "(".repeat(30), ")".repeat(30));
+        assert_eq!(
+            check_nesting(&deep).unwrap_err().code,
+            Code::QueryTooComplex
+        );
+        let quoted = format!(
+            "SELECT '{}' -- {}\n/* {} */",
+            "(".repeat(30),
+            "(".repeat(30),
+            "(".repeat(30)
+        );
+        assert!(check_nesting(&quoted).is_ok());
+        let ok = format!("SELECT {}1{}", "(".repeat(24), ")".repeat(24));
+        assert!(check_nesting(&ok).is_ok());
+    }
 }

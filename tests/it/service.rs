@@ -1409,3 +1409,81 @@ async fn re_partitions_of_a_margin_are_remembered_and_refused() {
     assert_eq!(s.query("uji", &by(accepted[0])).await.status(), 200);
     s.stop().await;
 }
+
+/// Deep and long expressions of every kind, up to the SQL size limit, get
+/// a client error and the process stays up (a 1,200-term `1+1+…` chain, or
+/// 1,400 ORs, used to overflow a worker's stack and abort the service).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_and_long_expressions_never_crash_the_service() {
+    let s = Server::standard().await;
+    let chain = |n: usize, part: &str, op: &str| vec![part; n].join(op);
+    let nest = |n: usize, open: &str, inner: &str, close: &str| {
+        format!("{}{inner}{}", open.repeat(n), close.repeat(n))
+    };
+    let mut cases: Vec<String> = Vec::new();
+    for n in [70, 1_100, 1_200, 2_000] {
+        cases.push(format!(
+            "SELECT COUNT(*) FROM penduduk WHERE {} > 0",
+            chain(n, "1", "+")
+        ));
+        cases.push(format!(
+            "SELECT COUNT(*) FROM penduduk WHERE {}",
+            chain(n, "agama = 'ISLAM'", " OR ")
+        ));
+        cases.push(format!(
+            "SELECT COUNT(*) FROM penduduk WHERE {}",
+            chain(n, "jenis_kelamin <> 'X'", " AND ")
+        ));
+        cases.push(format!(
+            "SELECT COUNT(*) FROM penduduk WHERE {}",
+            nest(n, "NOT (", "agama = 'ISLAM'", ")")
+        ));
+        cases.push(format!(
+            "SELECT COUNT(*) FROM penduduk WHERE {} = 1",
+            nest(n, "(", "1", ")")
+        ));
+        cases.push(format!(
+            "SELECT {} , COUNT(*) FROM penduduk GROUP BY 1",
+            nest(n, "CASE WHEN agama = 'ISLAM' THEN ", "1", " ELSE 0 END")
+        ));
+        cases.push(format!(
+            "SELECT COUNT(*) FROM penduduk WHERE {} = 'x'",
+            nest(n, "upper(", "agama", ")")
+        ));
+        cases.push(format!(
+            "SELECT COUNT(*) FROM penduduk WHERE umur(tanggal_lahir) IN ({})",
+            chain(n, "7", ", ")
+        ));
+    }
+    let mut statuses = std::collections::BTreeMap::new();
+    for sql in &cases {
+        for who in ["uji", "dp-uji"] {
+            let r = s.query(who, sql).await;
+            let status = r.status().as_u16();
+            assert!(
+                (200..500).contains(&status),
+                "{who}: {status} for a {}-byte query",
+                sql.len()
+            );
+            *statuses.entry(status).or_insert(0) += 1;
+            // Still up.
+            let h = s.http.get(s.url("/healthz")).send().await.unwrap();
+            assert_eq!(h.status(), 200);
+        }
+    }
+    // The 1,200-term chain is refused as too complex, naming the fix.
+    let r = s
+        .query(
+            "dp-uji",
+            &format!(
+                "SELECT COUNT(*) FROM penduduk WHERE {} > 0",
+                chain(1_200, "1", "+")
+            ),
+        )
+        .await;
+    let p = problem(r, 422).await;
+    assert_eq!(p["code"], "query_too_complex", "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("IN ("), "{p}");
+    eprintln!("deep expressions: statuses {statuses:?}");
+    s.stop().await;
+}
