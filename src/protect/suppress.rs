@@ -251,23 +251,7 @@ pub fn suppress(table: &GridTable, k: u64) -> Result<Vec<Option<Suppression>>, S
         }
     }
     let values: Vec<u64> = table.cells.iter().map(|c| c.value).collect();
-    for (i, cover) in model.cover.iter().enumerate() {
-        if model.inner_of[i].is_some() {
-            continue;
-        }
-        let sum: u128 = cover
-            .iter()
-            .map(|&j| u128::from(values[model.inner_cells[j as usize]]))
-            .sum();
-        if sum != u128::from(values[i]) {
-            return Err(SuppressError::Inconsistent {
-                index: i,
-                cell: describe(table, i),
-                value: values[i],
-                sum,
-            });
-        }
-    }
+    check_additive(table, &model, &values)?;
 
     let primary: Vec<bool> = values.iter().map(|&v| v >= 1 && v < k).collect();
     pattern(table, &model, &values, k, &primary)
@@ -286,6 +270,16 @@ pub fn suppress_around(
 ) -> Result<Vec<Option<Suppression>>, SuppressError> {
     let model = Model::build(table);
     let values: Vec<u64> = table.cells.iter().map(|c| c.value).collect();
+    check_additive(table, &model, &values)?;
+    let primary: Vec<bool> = (0..values.len())
+        .map(|i| primary.get(i).copied().unwrap_or(false))
+        .collect();
+    pattern(table, &model, &values, k, &primary)
+}
+
+/// Every total must equal the sum of the inner cells it aggregates, or
+/// suppression means nothing.
+fn check_additive(table: &GridTable, model: &Model, values: &[u64]) -> Result<(), SuppressError> {
     for (i, cover) in model.cover.iter().enumerate() {
         if model.inner_of[i].is_some() {
             continue;
@@ -303,10 +297,7 @@ pub fn suppress_around(
             });
         }
     }
-    let primary: Vec<bool> = (0..values.len())
-        .map(|i| primary.get(i).copied().unwrap_or(false))
-        .collect();
-    pattern(table, &model, &values, k, &primary)
+    Ok(())
 }
 
 fn pattern(

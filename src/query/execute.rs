@@ -863,7 +863,7 @@ fn margin_estimates(
                 });
             };
             let names: Vec<String> = kept.iter().map(|&j| dims[j].clone()).collect();
-            push(names.clone(), cells, cells == 1 && kept.len() == g.len());
+            push(names.clone(), cells, kept.len() == g.len());
             // A finer region level also partitions every coarser one.
             for (pos, &j) in kept.iter().enumerate() {
                 let Some(level) = REGIONS.iter().position(|(n, _)| *n == dims[j]) else {
