@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 use agregat::agreement::Agreement;
 use agregat::catalog::RegionScope;
 use agregat::generate::{GenerateOptions, generate};
-use agregat::query::{Engine, EngineConfig, check_query, run_query};
+use agregat::query::{Engine, EngineConfig, check_query};
 use agregat::record_key::RecordKeySecret;
+use agregat::release::run_query;
 use agregat::warehouse::{Snapshot, Verify};
 use criterion::Criterion;
 
@@ -89,9 +90,15 @@ fn targets(rt: &tokio::runtime::Runtime) -> Vec<Target> {
         let engine = rt
             .block_on(Engine::open(snap, EngineConfig::default()))
             .expect("engine");
-        let mut agreement =
-            Agreement::unrestricted("bench", RegionScope::parse(scope).expect("scope"));
-        agreement.limits.max_cells = 1_000_000;
+        let agreement = Agreement::unrestricted_with_limits(
+            "bench",
+            RegionScope::parse(scope).expect("scope"),
+            agregat::agreement::QueryLimits {
+                max_cells: 1_000_000,
+                ..Default::default()
+            },
+        )
+        .expect("limits");
         out.push(Target {
             name,
             engine,
@@ -256,8 +263,7 @@ fn row_groups(rt: &tokio::runtime::Runtime) {
 fn identity(a: &Agreement) -> Agreement {
     use agregat::protect::ptable::PTable;
     use agregat::protect::{Method, Protection, SparsityRule};
-    let mut identity = a.clone();
-    identity.protection = Protection {
+    a.clone().with_unchecked_protection_for_tests(Protection {
         method: Method::CellKey {
             ptable: std::sync::Arc::new(
                 PTable::from_csv(
@@ -272,8 +278,7 @@ fn identity(a: &Agreement) -> Agreement {
             max_ones_share: 1.0,
             max_ones_twos_share: 1.0,
         },
-    };
-    identity
+    })
 }
 
 /// Protection overhead: the same ~11,000-cell query with protection that
@@ -291,24 +296,23 @@ fn protection_overhead(rt: &tokio::runtime::Runtime, targets: &[Target]) {
     for t in targets {
         let identity = identity(&t.agreement);
         let mut dp = t.agreement.clone();
-        dp.protection = Protection {
+        dp = dp.with_unchecked_protection_for_tests(Protection {
             method: Method::Dp {
                 budget: DpBudget::ZCdp { rho: 0.5 },
                 k: 10,
             },
             sparsity: SparsityRule::default(),
-        };
+        });
         let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
         let mut cells = 0;
         for round in 0..7 {
             for (agreement, times) in [(&identity, &mut a), (&t.agreement, &mut b), (&dp, &mut c)] {
-                let mut agreement = agreement.clone();
-                // A fresh DP agreement id each round, so the release cache
-                // does not hide the cost.
-                agreement.id = format!("{}-{round}", agreement.id);
+                // Each run_query is a fresh local pipeline: the release
+                // cache does not hide the cost.
+                let _ = round;
                 let s = Instant::now();
                 let r = rt
-                    .block_on(run_query(&t.engine, &agreement, sql))
+                    .block_on(run_query(&t.engine, agreement, sql))
                     .expect("runs");
                 times.push(s.elapsed());
                 cells = r.cells;

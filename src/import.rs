@@ -43,12 +43,12 @@ use std::path::{Path, PathBuf};
 use chrono::{Datelike, NaiveDate};
 use rayon::prelude::*;
 
+use crate::calendar::{age_on, date_to_days, days_to_date};
 use crate::catalog::{
     self, COLUMNS, Column, Domain, PARTITION, PARTITION_COLUMN, RECORD_KEY, RegionLevel,
     RegionScope, UnknownRegion, code_list,
 };
 use crate::error::ErrorCategory;
-use crate::generate::{age_on, date_to_days, days_to_date};
 use crate::record_key::{RecordKeyHasher, RecordKeySecret, sha256_hex};
 use crate::warehouse::writer::{DEFAULT_ROWS_PER_ROW_GROUP, MAX_ROWS_PER_FILE};
 use crate::warehouse::{
@@ -151,6 +151,8 @@ pub enum ImportError {
 }
 
 impl ImportError {
+    /// A missing path is usage; other read failures are I/O; bad content is
+    /// invalid data; snapshot failures follow [`SnapshotError::category`].
     pub fn category(&self) -> ErrorCategory {
         match self {
             ImportError::Unreadable { source, .. } => match source.kind() {
@@ -274,6 +276,7 @@ pub struct RowProblem {
     pub column: &'static str,
     /// The offending value as written (trimmed).
     pub value: String,
+    /// The rule the value breaks.
     pub reason: RowReason,
 }
 
@@ -301,16 +304,22 @@ impl fmt::Display for RowProblem {
 /// What is wrong with a NIK or KK number's structure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NumberDefect {
+    /// Characters other than the digits 0-9.
     #[error(
         "it contains characters other than digits (if a spreadsheet turned it into 6.17E+15, format the column as text before exporting)"
     )]
     NotDigits,
+    /// Not exactly 16 digits.
     #[error("it has {found} digits, not 16")]
     Length { found: usize },
+    /// The first six digits are not a Kemendagri kecamatan code.
     #[error("its first 6 digits name kecamatan '{code}', which is not in the Kemendagri list")]
     UnknownKecamatan { code: String },
+    /// Digits 7-12 are not a real DDMMYY date (for a NIK, with 40 added to a
+    /// woman's day).
     #[error("its digits 7-12 '{part}' are not a real date DDMMYY{women}")]
     BadDate { part: String, women: &'static str },
+    /// The serial (last four digits) is `0000`.
     #[error("its serial (last 4 digits) is 0000; serials start at 0001")]
     ZeroSerial,
 }
@@ -318,20 +327,26 @@ pub enum NumberDefect {
 /// Why a value was rejected. [`RowReason::code`] gives a stable short name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RowReason {
+    /// A required column is empty.
     #[error("a value is required in this column; fill it in from the register")]
     Missing,
+    /// The row has a different number of fields from the header.
     #[error(
         "the row has {found} fields but the header has {expected}; check for an unquoted comma or a missing separator"
     )]
     FieldCount { expected: usize, found: usize },
+    /// `nik` is not a structurally valid NIK.
     #[error(
         "not a valid NIK: {0}; a NIK is 16 digits: kecamatan code (6), birth date DDMMYY with 40 added to the day for women (6), serial (4), e.g. 6171014505900001"
     )]
     MalformedNik(NumberDefect),
+    /// `no_kk` is not a structurally valid KK number.
     #[error(
         "not a valid KK number: {0}; a KK number is 16 digits: kecamatan code (6), issue date DDMMYY (6), serial (4), e.g. 6171011203150001"
     )]
     MalformedKk(NumberDefect),
+    /// The NIK's birth-date digits disagree with `tanggal_lahir` and
+    /// `jenis_kelamin`.
     #[error(
         "the NIK's birth-date digits are {found}, but tanggal_lahir {tanggal_lahir} and jenis_kelamin give {expected}; correct tanggal_lahir or the NIK in the register"
     )]
@@ -340,6 +355,7 @@ pub enum RowReason {
         expected: String,
         tanggal_lahir: NaiveDate,
     },
+    /// The NIK's day digits give a sex other than `jenis_kelamin`.
     #[error(
         "the NIK's day digits {day} mean {nik_sex}, but jenis_kelamin is {jenis_kelamin}; women's NIKs have 40 added to the day, so correct jenis_kelamin or the NIK in the register"
     )]
@@ -348,22 +364,29 @@ pub enum RowReason {
         nik_sex: &'static str,
         jenis_kelamin: &'static str,
     },
+    /// A categorical value that is neither a code nor a label of its list.
     #[error("{}", unknown_code_message(list))]
     UnknownCode { list: &'static str },
+    /// A date not written as `YYYY-MM-DD`.
     #[error("not a date; write dates as YYYY-MM-DD, e.g. 1990-05-17")]
     DateFormat,
+    /// A `YYYY-MM-DD` date that does not exist in the calendar.
     #[error("no such calendar date; check the day and month (YYYY-MM-DD)")]
     ImpossibleDate,
+    /// A date after the reference date (`tanggal_data`).
     #[error(
         "the date is after tanggal_data {as_of}; correct the date, or import with a later --as-of"
     )]
     AfterAsOf { as_of: NaiveDate },
+    /// `tanggal_lahir` makes the person older than 150 on the reference date.
     #[error(
         "the birth date makes the person {age} years old on {as_of}, older than {MAX_AGE}; correct tanggal_lahir"
     )]
     TooOld { age: i32, as_of: NaiveDate },
+    /// `tanggal_kawin` or `tanggal_cerai` before `tanggal_lahir`.
     #[error("the date is before tanggal_lahir {tanggal_lahir}; correct one of the two dates")]
     BeforeBirth { tanggal_lahir: NaiveDate },
+    /// A region value that is not a dotted Kemendagri code.
     #[error(
         "not a dotted Kemendagri {} code; write it like {}{}",
         level_name(*level),
@@ -371,6 +394,8 @@ pub enum RowReason {
         dotted_hint(value, *level)
     )]
     RegionFormat { level: RegionLevel, value: String },
+    /// A region code of another level than the column's (a kecamatan code in
+    /// `kode_kel`, say).
     #[error(
         "a {} code in a column of {} codes; give the {} code here, e.g. {}",
         level_name(*found),
@@ -382,8 +407,11 @@ pub enum RowReason {
         expected: RegionLevel,
         found: RegionLevel,
     },
+    /// A well-formed region code that is not in the Kemendagri list.
     #[error("{0}")]
     UnknownRegion(UnknownRegion),
+    /// A region code outside the parent region in the same row (`kode_kel`
+    /// outside `kode_kec`, say).
     #[error(
         "the region does not lie in {parent_column} '{parent}' of the same row; correct one of the two codes"
     )]
@@ -391,10 +419,12 @@ pub enum RowReason {
         parent_column: &'static str,
         parent: String,
     },
+    /// `no_rt` or `no_rw` is not 1 to `width` digits valued 1 to `max`.
     #[error(
         "not an RT/RW number; give 1 to {width} digits from 1 to {max} (stored zero-padded, e.g. 7 -> 007)"
     )]
     Numbered { width: u8, max: u16 },
+    /// The NIK already appeared on an earlier line.
     #[error(
         "duplicate NIK: line {first_line} already has this NIK; each person appears once, so remove the duplicate row or correct the NIK"
     )]

@@ -15,18 +15,26 @@ use crate::protect::ProtectedTable;
 /// Parquet key-value metadata key holding the protection metadata (JSON).
 pub const PARQUET_METADATA_KEY: &str = "agregat.protection";
 
+/// Encoding of a released table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// Aligned text table for a terminal.
     Table,
+    /// CSV with a header line.
     Csv,
+    /// JSON object with `columns`, `rows` and `protection`.
     Json,
+    /// Parquet, with the protection metadata under `agregat.protection`.
     Parquet,
 }
 
+/// Errors encoding a released table.
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
+    /// Formatting the batches or attaching the metadata to them failed.
     #[error("cannot encode the result: {0}")]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
+    /// Writing Parquet failed.
     #[error("cannot encode the result as Parquet: {0}")]
     Parquet(#[from] datafusion::parquet::errors::ParquetError),
 }
@@ -50,6 +58,8 @@ fn cells(batch: &RecordBatch) -> Result<Vec<Vec<Option<String>>>, OutputError> {
         .collect())
 }
 
+/// Encodes a protected table in `format`. JSON and Parquet carry the
+/// protection metadata with the data.
 pub fn encode(result: &ProtectedTable, format: Format) -> Result<Vec<u8>, OutputError> {
     let metadata = serde_json::to_value(result.metadata()).expect("metadata serialises");
     let names: Vec<String> = result

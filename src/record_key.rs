@@ -16,8 +16,20 @@ pub const SECRET_ENV: &str = "AGREGAT_RECORD_KEY_SECRET";
 /// Minimum secret length in bytes.
 pub const MIN_SECRET_BYTES: usize = 32;
 
+impl SecretError {
+    /// An unreadable secret file is the environment's; a bad one usage.
+    pub fn category(&self) -> crate::error::ErrorCategory {
+        match self {
+            SecretError::Read { .. } => crate::error::ErrorCategory::Io,
+            _ => crate::error::ErrorCategory::Usage,
+        }
+    }
+}
+
+/// Errors loading the record-key secret.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
+    /// The secret file could not be read.
     #[error(
         "cannot read the record-key secret file '{path}': {source}; pass --secret-file with a readable file or set {SECRET_ENV}"
     )]
@@ -25,10 +37,12 @@ pub enum SecretError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The secret is shorter than [`MIN_SECRET_BYTES`].
     #[error(
         "the record-key secret from {origin} is {len} bytes; it must be at least {MIN_SECRET_BYTES} random bytes (e.g. `head -c 32 /dev/urandom | xxd -p -c 64 > secret.key`)"
     )]
     TooShort { origin: String, len: usize },
+    /// Neither a secret file nor [`SECRET_ENV`] was given.
     #[error("no record-key secret: pass --secret-file FILE or set {SECRET_ENV}")]
     Missing,
 }
@@ -64,6 +78,8 @@ impl RecordKeySecret {
         Ok(RecordKeySecret { key })
     }
 
+    /// Reads the secret from a file, hex or raw text as in
+    /// [`RecordKeySecret::from_text`].
     pub fn from_file(path: &Path) -> Result<Self, SecretError> {
         let text = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
             path: path.to_path_buf(),

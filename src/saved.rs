@@ -2,7 +2,7 @@
 //!
 //! A saved query is ordinary gate SQL with typed parameters. The caller
 //! renders it with [`SavedQuery::render`] and runs the result through
-//! [`crate::query::run_query`] like any ad-hoc SQL: there is no back door,
+//! [`crate::release`] like any ad-hoc SQL: there is no back door,
 //! and every check of the gate and the agreement applies.
 //!
 //! # File format
@@ -75,6 +75,7 @@ use crate::catalog::{self, RegionLevel};
 /// the parameter, the value given and what is accepted.
 #[derive(thiserror::Error, Debug)]
 pub enum SavedError {
+    /// The queries directory or a query file could not be read.
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -88,41 +89,49 @@ pub enum SavedError {
         line: usize,
         message: String,
     },
+    /// No saved query has this name.
     #[error("no saved query named '{name}'; available: {}", available.join(", "))]
     UnknownQuery {
         name: String,
         available: Vec<String>,
     },
+    /// A parameter was given that the query does not declare.
     #[error("query '{query}' has no parameter '{param}'; accepted parameters: {}", if accepted.is_empty() { "none".to_string() } else { accepted.join(", ") })]
     UnknownParameter {
         query: String,
         param: String,
         accepted: Vec<String>,
     },
+    /// A value of the wrong JSON type or form for the parameter's type.
     #[error("parameter '{param}': {value} is not {expected}")]
     WrongType {
         param: String,
         value: String,
         expected: String,
     },
+    /// A number or date outside the parameter's `min`/`max`.
     #[error("parameter '{param}': {value} is out of range; accepted: {accepted}")]
     OutOfRange {
         param: String,
         value: String,
         accepted: String,
     },
+    /// A string outside the allowed values or code list, or a date that is not
+    /// the first of a month when `first_of_month` is set.
     #[error("parameter '{param}': {value} is not allowed; accepted: {accepted}")]
     NotAllowed {
         param: String,
         value: String,
         accepted: String,
     },
+    /// A region parameter that is not a Kemendagri code.
     #[error("parameter '{param}': {value} is not a known region: {message}")]
     UnknownRegion {
         param: String,
         value: String,
         message: String,
     },
+    /// A region code of another level than the parameter's `level`.
     #[error(
         "parameter '{param}': {value} is a {actual} code; a {expected} code is required (e.g. {example})"
     )]
@@ -133,6 +142,7 @@ pub enum SavedError {
         expected: String,
         example: String,
     },
+    /// A required parameter (neither optional nor defaulted) was not given.
     #[error("parameter '{param}' is required: {description}")]
     Missing { param: String, description: String },
 }
@@ -157,18 +167,17 @@ impl SavedError {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ParamKind {
-    Integer {
-        min: Option<i64>,
-        max: Option<i64>,
-    },
+    /// `integer`: a JSON integer, optionally bounded.
+    Integer { min: Option<i64>, max: Option<i64> },
+    /// `string`: one of a fixed list of values, or of a catalog code list.
     String {
         /// The accepted values (a code list's labels when `code_list` is set).
         allowed: Vec<String>,
         code_list: Option<String>,
     },
-    Region {
-        level: RegionLevel,
-    },
+    /// `region`: a Kemendagri code of one level.
+    Region { level: RegionLevel },
+    /// `date`: a `YYYY-MM-DD` date, optionally bounded or a first of a month.
     Date {
         min: Option<String>,
         max: Option<String>,
@@ -179,11 +188,16 @@ pub enum ParamKind {
 /// One parameter of a saved query.
 #[derive(Debug, Clone, Serialize)]
 pub struct ParamSpec {
+    /// Parameter name, as used in `{{name}}` placeholders.
     pub name: String,
+    /// Type and constraints (serialised flattened, with a `type` tag).
     #[serde(flatten)]
     pub kind: ParamKind,
+    /// Value used when the caller gives none.
     pub default: Option<Value>,
+    /// Whether the parameter may be left without a value.
     pub optional: bool,
+    /// Human-readable description from the header.
     pub description: String,
 }
 
@@ -201,10 +215,15 @@ enum Node {
 /// One saved query.
 #[derive(Debug, Clone, Serialize)]
 pub struct SavedQuery {
+    /// Query name; equals the file name without `.sql`.
     pub name: String,
+    /// Short title.
     pub title: String,
+    /// Longer description (empty when the header has none).
     pub description: String,
+    /// Catalog columns the query reads.
     pub elements: Vec<String>,
+    /// Declared parameters, in header order.
     pub params: Vec<ParamSpec>,
     #[serde(skip)]
     sql_template: String,
@@ -256,6 +275,7 @@ impl SavedQueries {
         Ok(SavedQueries { queries })
     }
 
+    /// The query called `name`, if loaded.
     pub fn get(&self, name: &str) -> Option<&SavedQuery> {
         self.queries.get(name)
     }
@@ -273,10 +293,12 @@ impl SavedQueries {
         self.queries.values()
     }
 
+    /// Number of loaded queries.
     pub fn len(&self) -> usize {
         self.queries.len()
     }
 
+    /// True when the directory held no queries.
     pub fn is_empty(&self) -> bool {
         self.queries.is_empty()
     }
@@ -893,6 +915,7 @@ impl SavedQuery {
         &self.sql_template
     }
 
+    /// The declared parameter called `name`, if any.
     pub fn param(&self, name: &str) -> Option<&ParamSpec> {
         self.params.iter().find(|p| p.name == name)
     }

@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 /// One public code list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CodeList {
+    /// Name of the list (`jenis_kelamin`, `agama`).
     pub name: &'static str,
     /// `(code, label)` in code order.
     pub entries: Vec<(u16, String)>,
@@ -21,6 +22,7 @@ impl CodeList {
         self.entries.iter().map(|(_, l)| l.as_str())
     }
 
+    /// True when `label` is exactly one of the labels (case-sensitive).
     pub fn contains_label(&self, label: &str) -> bool {
         self.entries.iter().any(|(_, l)| l == label)
     }
@@ -102,6 +104,7 @@ fn text_slice(text: &'static str, part: &str) -> &'static str {
     &text[start..start + part.len()]
 }
 
+/// The code list called `name`, if there is one.
 pub fn code_list(name: &str) -> Option<&'static CodeList> {
     code_lists().get(name)
 }

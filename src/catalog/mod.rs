@@ -65,10 +65,15 @@ impl ColumnClass {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ElementClass {
+    /// Identifies a person, household or certificate (NIK, nomor KK, names).
     Identifier,
+    /// Free text without a public code list (`tempat_lahir`).
     FreeText,
+    /// Categorical, with a public code list.
     Dimension,
+    /// A date, queryable only through the coarsening functions.
     DateDimension,
+    /// A dimension that needs the Minister's permission (Pasal 84).
     Protected,
     /// Current address: the street text is an identifier, RT/RW and the
     /// region codes are dimensions.
@@ -83,12 +88,16 @@ pub enum ElementClass {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ColumnType {
+    /// UTF-8 string (Arrow `Utf8`).
     Utf8,
+    /// Calendar date (Arrow `Date32`).
     Date32,
+    /// Unsigned 64-bit integer (Arrow `UInt64`); used by the record key.
     UInt64,
 }
 
 impl ColumnType {
+    /// The Arrow `DataType` this column type is stored as.
     pub fn arrow(self) -> DataType {
         match self {
             ColumnType::Utf8 => DataType::Utf8,
@@ -117,18 +126,24 @@ pub enum Domain {
 /// One stored column of the `penduduk` table.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Column {
+    /// Column name in `penduduk` (`jenis_kelamin`, `kode_kec`).
     pub name: &'static str,
     /// Letter of Pasal 58 ayat (2) this column belongs to (`""` for the
     /// record key, which is derived, not an element).
     pub element: &'static str,
+    /// What a query may do with the column.
     pub class: ColumnClass,
+    /// Physical type in the Parquet files (serialised as `type`).
     #[serde(rename = "type")]
     pub ty: ColumnType,
+    /// The public domain the result grid lists for this column.
     pub domain: Domain,
+    /// Whether the column may hold nulls.
     pub nullable: bool,
 }
 
 impl Column {
+    /// The Arrow field (name, type, nullability) of this column.
     pub fn field(&self) -> Field {
         Field::new(self.name, self.ty.arrow(), self.nullable)
     }
@@ -148,6 +163,7 @@ pub struct Element {
     pub name: &'static str,
     /// Stored columns (empty for elements that never enter a snapshot).
     pub columns: &'static [&'static str],
+    /// Class of the element as a whole.
     pub class: ElementClass,
     /// Pasal 84: usable only with the Minister's permission.
     pub minister_permission: bool,

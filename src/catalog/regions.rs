@@ -10,8 +10,11 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RegionLevel {
+    /// Provinsi: one segment (`61`).
     Provinsi,
+    /// Kabupaten or kota: two segments (`61.71`).
     KabKota,
+    /// Kecamatan: three segments (`61.71.01`).
     Kecamatan,
     /// Desa or kelurahan; see [`Region::is_kelurahan`].
     DesaKelurahan,
@@ -48,6 +51,7 @@ impl RegionLevel {
         }
     }
 
+    /// Lowercase label: `provinsi`, `kabkota`, `kecamatan` or `desa`.
     pub fn label(self) -> &'static str {
         match self {
             RegionLevel::Provinsi => "provinsi",
@@ -61,8 +65,11 @@ impl RegionLevel {
 /// One region.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Region {
+    /// Dotted Kemendagri code (`61.71.01.1002`).
     pub kode: String,
+    /// Official name of the region.
     pub nama: String,
+    /// Level of the code, from its number of segments.
     pub level: RegionLevel,
 }
 
@@ -91,6 +98,7 @@ pub struct Regions {
     "'{code}' is not a Kemendagri region code; use a code such as '61' (provinsi), '61.71' (kab/kota), '61.71.01' (kecamatan) or '61.71.01.1002' (desa/kelurahan){hint}"
 )]
 pub struct UnknownRegion {
+    /// The code as given.
     pub code: String,
     hint: String,
 }
@@ -150,10 +158,12 @@ impl Regions {
         Regions { all, index }
     }
 
+    /// Every region, sorted by code.
     pub fn all(&self) -> &[Region] {
         &self.all
     }
 
+    /// The region with exactly this code, if it exists.
     pub fn get(&self, code: &str) -> Option<&Region> {
         self.index.get(code).map(|&i| &self.all[i])
     }
@@ -202,11 +212,24 @@ pub fn regions() -> &'static Regions {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RegionScope {
+    /// The whole country.
     All,
+    /// The regions under these codes (sorted, without duplicates).
     Prefixes(Vec<String>),
 }
 
 impl RegionScope {
+    /// Whether two scopes share any region (an agreement's scope and a
+    /// snapshot's coverage, say).
+    pub fn overlaps(&self, other: &RegionScope) -> bool {
+        match (self, other) {
+            (RegionScope::All, _) | (_, RegionScope::All) => true,
+            (RegionScope::Prefixes(pa), RegionScope::Prefixes(pb)) => pa
+                .iter()
+                .any(|p| other.touches(p) || pb.iter().any(|q| self.touches(q))),
+        }
+    }
+
     /// Parses `all` or a comma-separated list of codes; each must exist.
     pub fn parse(text: &str) -> Result<RegionScope, UnknownRegion> {
         let text = text.trim();
@@ -248,6 +271,8 @@ impl RegionScope {
         }
     }
 
+    /// The scope as text, `all` or comma-separated codes: the form
+    /// [`RegionScope::parse`] reads.
     pub fn describe(&self) -> String {
         match self {
             RegionScope::All => "all".to_string(),
@@ -259,13 +284,18 @@ impl RegionScope {
 /// Population of one kab/kota on 31 Dec 2024.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KabPopulation {
+    /// Dotted kab/kota code (`61.71`).
     pub kode: String,
+    /// Name of the kab/kota.
     pub nama: String,
+    /// Number of men.
     pub laki_laki: u64,
+    /// Number of women.
     pub perempuan: u64,
 }
 
 impl KabPopulation {
+    /// Men and women together.
     pub fn total(&self) -> u64 {
         self.laki_laki + self.perempuan
     }

@@ -43,15 +43,20 @@ pub struct GenerateOptions {
     pub region: String,
     /// Total people; `None` uses the reference population (Dec 2024).
     pub people: Option<u64>,
+    /// Run seed: the same seed and options give the same snapshot.
     pub seed: u64,
+    /// Reference date of the data (`tanggal_data`); ages are drawn against it.
     pub as_of: chrono::NaiveDate,
+    /// Snapshot directory to create; its name becomes the snapshot id.
     pub out: PathBuf,
+    /// Rows per Parquet row group of the `penduduk` files.
     pub rows_per_row_group: usize,
     /// Print progress to stderr every few seconds.
     pub progress: bool,
 }
 
 impl GenerateOptions {
+    /// Options with the default row-group size and no progress output.
     pub fn new(
         region: &str,
         people: Option<u64>,
@@ -71,22 +76,40 @@ impl GenerateOptions {
     }
 }
 
+impl GenerateError {
+    /// Snapshot failures by their own category; bad options are usage.
+    pub fn category(&self) -> crate::error::ErrorCategory {
+        match self {
+            GenerateError::Snapshot(e) => e.category(),
+            _ => crate::error::ErrorCategory::Usage,
+        }
+    }
+}
+
+/// Errors of a generator run: bad options, too large a scale, or a failed
+/// snapshot write.
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
+    /// `--region` is not a Kemendagri code.
     #[error(transparent)]
     Region(#[from] UnknownRegion),
+    /// `--region` was given a comma-separated list instead of one prefix.
     #[error(
         "--region takes one code prefix or 'all', not a list ('{0}'); run the generator once per region"
     )]
     RegionList(String),
+    /// `--people` was zero.
     #[error("--people must be at least 1, got {0}")]
     NoPeople(u64),
+    /// The region holds no desa/kelurahan to place people in.
     #[error(
         "region '{region}' has no desa/kelurahan in the Kemendagri list, so there is nowhere to place people"
     )]
     EmptyRegion { region: String },
+    /// A NIK or KK serial number ran out for a kecamatan.
     #[error(transparent)]
     Serial(#[from] SerialOverflow),
+    /// Writing the snapshot failed.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
 }

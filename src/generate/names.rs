@@ -3,6 +3,7 @@
 //! Lists are short on purpose: names repeat in real registers too, and the
 //! generator only needs them to look right, not to be unique (the NIK is).
 
+/// Common men's first names.
 pub const MALE: &[&str] = &[
     "Ahmad",
     "Muhammad",
@@ -56,6 +57,7 @@ pub const MALE: &[&str] = &[
     "Rafi",
 ];
 
+/// Common women's first names.
 pub const FEMALE: &[&str] = &[
     "Siti",
     "Nur",
@@ -109,6 +111,8 @@ pub const FEMALE: &[&str] = &[
     "Safitri",
 ];
 
+/// Men's second and later name parts (also the surname after a Christian
+/// given name).
 pub const SECOND: &[&str] = &[
     "Saputra",
     "Pratama",
@@ -137,6 +141,8 @@ pub const SECOND: &[&str] = &[
     "Siregar",
 ];
 
+/// Women's second and later name parts (also the surname after a Christian
+/// given name).
 pub const SECOND_FEMALE: &[&str] = &[
     "Wulandari",
     "Rahmawati",
@@ -166,11 +172,13 @@ pub const CHINESE_SURNAMES: &[&str] = &[
     "Kho", "Oey", "Sim",
 ];
 
+/// Given names of Chinese-Indonesian men.
 pub const CHINESE_GIVEN_MALE: &[&str] = &[
     "Hendra", "Suryadi", "Willy", "Kevin", "Steven", "Hartono", "Budiman", "Ahok", "Akiong",
     "Susanto", "Jimmy", "Johan", "Ferry", "Vincent", "Edwin",
 ];
 
+/// Given names of Chinese-Indonesian women.
 pub const CHINESE_GIVEN_FEMALE: &[&str] = &[
     "Meiliana",
     "Lily",
@@ -193,6 +201,7 @@ pub const CHINESE_GIVEN_FEMALE: &[&str] = &[
 pub const BALI_ORDER_MALE: &[&str] = &[
     "I Wayan", "I Made", "I Nyoman", "I Ketut", "I Putu", "I Gede",
 ];
+/// Balinese birth-order names for women.
 pub const BALI_ORDER_FEMALE: &[&str] = &[
     "Ni Luh",
     "Ni Made",
@@ -201,6 +210,7 @@ pub const BALI_ORDER_FEMALE: &[&str] = &[
     "Ni Putu",
     "Ni Kadek",
 ];
+/// Balinese given names, placed after a birth-order name.
 pub const BALI_GIVEN: &[&str] = &[
     "Suarta", "Sudiarta", "Widana", "Arsana", "Sukadana", "Mertha", "Darma", "Ayu Sri", "Sekar",
     "Astiti", "Puspa", "Wirawan", "Adnyana", "Sumerta", "Ariani",
@@ -221,6 +231,7 @@ pub const CHRISTIAN_MALE: &[&str] = &[
     "Antonius",
     "Kristian",
 ];
+/// Christian given names for women.
 pub const CHRISTIAN_FEMALE: &[&str] = &[
     "Maria",
     "Agustina",
@@ -236,6 +247,7 @@ pub const CHRISTIAN_FEMALE: &[&str] = &[
     "Regina",
 ];
 
+/// Street and alley names (`JL.`, `GG.`) for synthetic addresses.
 pub const STREETS: &[&str] = &[
     "JL. SUDIRMAN",
     "JL. AHMAD YANI",

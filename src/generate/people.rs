@@ -24,28 +24,7 @@ use crate::catalog::code_list;
 use crate::record_key::RecordKeyHasher;
 use crate::warehouse::PersonRow;
 
-/// Days from 0001-01-01 (CE day 1) to 1970-01-01.
-const EPOCH_CE: i32 = 719_163;
-
-pub fn days_to_date(days: i32) -> chrono::NaiveDate {
-    chrono::NaiveDate::from_num_days_from_ce_opt(days + EPOCH_CE).expect("date in range")
-}
-
-pub fn date_to_days(d: chrono::NaiveDate) -> i32 {
-    use chrono::Datelike;
-    d.num_days_from_ce() - EPOCH_CE
-}
-
-/// Age in whole years on `on` of someone born on `birth` (both Date32 days).
-pub fn age_on(birth: i32, on: i32) -> i32 {
-    use chrono::Datelike;
-    let (b, o) = (days_to_date(birth), days_to_date(on));
-    let mut age = o.year() - b.year();
-    if (o.month(), o.day()) < (b.month(), b.day()) {
-        age -= 1;
-    }
-    age
-}
+pub use crate::calendar::{age_on, date_to_days, days_to_date};
 
 /// Resolved labels of the code lists, so hot loops hand out `&'static str`.
 struct Labels {
@@ -180,10 +159,13 @@ fn religion_mix(kab: &str) -> &'static [(&'static str, f64)] {
 /// Facts about the kab/kota a kecamatan belongs to.
 #[derive(Debug, Clone)]
 pub struct KabContext {
+    /// Kemendagri kab/kota code (`61.71`).
     pub kode_kab: String,
+    /// Kemendagri provinsi code (`61`).
     pub kode_prov: String,
     /// Birthplace label, e.g. `PONTIANAK`.
     pub birthplace: String,
+    /// True for a kota, false for a kabupaten; shifts household mixes.
     pub urban: bool,
     /// Share of men in the reference population.
     pub male_share: f64,
@@ -259,23 +241,29 @@ struct Person {
 /// One kelurahan to fill.
 #[derive(Debug, Clone)]
 pub struct KelurahanPlan {
+    /// Kemendagri desa/kelurahan code.
     pub kode: String,
+    /// Number of people to generate there.
     pub people: u64,
 }
 
 /// Errors that can only come from extreme parameters.
 #[derive(Debug, thiserror::Error)]
 pub enum SerialOverflow {
+    /// A kecamatan ran out of NIK serials (`0001`..`9999`) for one DDMMYY part.
     #[error(
         "kecamatan {kec}: more than 9999 people share the NIK birth-date part {part}; the --people scale is too large for this region"
     )]
     Nik { kec: String, part: String },
+    /// KK serials (`0001`..`9999`) ran out for one issue date in a kecamatan.
     #[error(
         "kecamatan {kec}: more than 9999 KK were issued on {part}; the --people scale is too large for this region"
     )]
     Kk { kec: String, part: String },
 }
 
+/// Generates the people of one kecamatan, owning its random stream and its
+/// NIK and KK serial counters.
 pub struct KecamatanGenerator<'a> {
     rng: ChaCha8Rng,
     kab: &'a KabContext,
@@ -320,6 +308,8 @@ const ROMAN: [&str; 12] = [
 ];
 
 impl<'a> KecamatanGenerator<'a> {
+    /// A generator for kecamatan `kode_kec` of `kab`, seeded from `seed` and
+    /// the code; `as_of` is the reference date in days since 1970-01-01.
     pub fn new(
         seed: u64,
         kab: &'a KabContext,

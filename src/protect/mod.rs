@@ -27,9 +27,12 @@
 //! sparsity rule). The cell key, the true count and the perturbation never
 //! appear in any output, log, error or audit entry.
 
+pub mod aggregate;
 pub mod dp;
 pub mod ptable;
 pub mod suppress;
+
+pub use aggregate::{AggregateKind, check_aggregates};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,11 +44,11 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use serde::Serialize;
 
+use self::aggregate::is_count;
 use self::dp::{DpBudget, DpCharge};
 use self::ptable::{PTable, PTableParams};
 use self::suppress::{GridCell, GridTable, Suppression};
-use crate::query::validate::AggregateKind;
-use crate::query::{Code, QueryError};
+use crate::refusal::{Code, QueryError};
 
 /// Name of the per-row status column.
 pub const SUPPRESSION_COLUMN: &str = "suppression";
@@ -82,7 +85,89 @@ pub struct Protection {
 }
 
 impl Protection {
-    /// Whether a query must be a table ([`crate::query::table`]): under the
+    /// Cell-key perturbation with a checked ptable (`None`: the default
+    /// ptable, D = 5, V = 2, js = 2, 256 keys) and threshold `k`.
+    pub fn cell_key(ptable: Option<Arc<PTable>>, k: u64, sparsity: SparsityRule) -> Protection {
+        let ptable = ptable.unwrap_or_else(|| Arc::clone(default_ptable()));
+        Protection {
+            method: Method::CellKey { ptable, k },
+            sparsity,
+        }
+    }
+
+    /// Differential privacy with a validated per-query budget and a
+    /// threshold `k` on the noisy counts.
+    pub fn dp(budget: DpBudget, k: u64, sparsity: SparsityRule) -> Protection {
+        Protection {
+            method: Method::Dp { budget, k },
+            sparsity,
+        }
+    }
+
+    /// Whether releases draw differential-privacy noise (and charge a
+    /// budget).
+    pub fn is_dp(&self) -> bool {
+        matches!(self.method, Method::Dp { .. })
+    }
+
+    /// `"cell_key"` or `"dp"`, as in agreement files and metadata.
+    pub fn method_name(&self) -> &'static str {
+        match self.method {
+            Method::CellKey { .. } => "cell_key",
+            Method::Dp { .. } => "dp",
+        }
+    }
+
+    /// The threshold k.
+    pub fn k(&self) -> u64 {
+        match self.method {
+            Method::CellKey { k, .. } | Method::Dp { k, .. } => k,
+        }
+    }
+
+    /// The per-query DP budget, under differential privacy.
+    pub fn dp_budget(&self) -> Option<DpBudget> {
+        match self.method {
+            Method::Dp { budget, .. } => Some(budget),
+            Method::CellKey { .. } => None,
+        }
+    }
+
+    /// The ptable, under the cell-key method.
+    pub fn ptable(&self) -> Option<&Arc<PTable>> {
+        match &self.method {
+            Method::CellKey { ptable, .. } => Some(ptable),
+            Method::Dp { .. } => None,
+        }
+    }
+
+    /// The part of a release's identity that the protection decides: two
+    /// releases of the same plan under equal parts are the same release
+    /// (DP: the same noise; cell-key: deterministic anyway).
+    pub fn release_identity(&self) -> String {
+        match &self.method {
+            Method::Dp { budget, k } => format!("dp {budget:?} k={k}"),
+            Method::CellKey { ptable, k } => {
+                format!("cell_key {} k={k} {:?}", ptable.sha256(), self.sparsity)
+            }
+        }
+    }
+
+    /// What a query would be charged (DP: the sum of OpenDP's privacy maps
+    /// and each column's margin of error); `None` under cell-key, which
+    /// has no budget.
+    pub fn cost(
+        &self,
+        aggregates: &[AggregateKind],
+        grouping_sets: usize,
+    ) -> Result<Option<DpCost>, dp::DpError> {
+        match &self.method {
+            Method::Dp { budget, k } => dp_cost(*budget, aggregates, grouping_sets, *k).map(Some),
+            Method::CellKey { .. } => Ok(None),
+        }
+    }
+
+    /// Whether a query must be a table (the gate's table rules): under the
     /// cell-key method every released count is a table cell whose noise is
     /// keyed by its contributors; differential privacy's accounting covers
     /// arbitrary predicates.
@@ -103,21 +188,19 @@ impl Protection {
     /// Cell-key with a generated ptable (D = 5, V = 2, js = 2, 256 keys) and
     /// k = 10.
     pub fn default_cell_key() -> Protection {
-        static DEFAULT: std::sync::OnceLock<Arc<PTable>> = std::sync::OnceLock::new();
-        let ptable = DEFAULT.get_or_init(|| {
-            Arc::new(
-                PTable::generate(&PTableParams::new(5, 2.0, 2, 256))
-                    .expect("the default ptable parameters are valid"),
-            )
-        });
-        Protection {
-            method: Method::CellKey {
-                ptable: Arc::clone(ptable),
-                k: 10,
-            },
-            sparsity: SparsityRule::default(),
-        }
+        Protection::cell_key(None, 10, SparsityRule::default())
     }
+}
+
+/// The default ptable (D = 5, V = 2, js = 2, 256 keys), built once.
+fn default_ptable() -> &'static Arc<PTable> {
+    static DEFAULT: std::sync::OnceLock<Arc<PTable>> = std::sync::OnceLock::new();
+    DEFAULT.get_or_init(|| {
+        Arc::new(
+            PTable::generate(&PTableParams::new(5, 2.0, 2, 256))
+                .expect("the default ptable parameters are valid"),
+        )
+    })
 }
 
 impl Default for Protection {
@@ -344,13 +427,6 @@ pub(crate) struct TrueTable<'a> {
     pub tanggal_data: String,
 }
 
-fn is_count(k: &AggregateKind) -> bool {
-    matches!(
-        k,
-        AggregateKind::CountRows | AggregateKind::CountColumn | AggregateKind::CountHouseholds
-    )
-}
-
 fn int_values(a: &ArrayRef) -> Vec<i64> {
     let a = cast(a, &DataType::Int64).expect("counts and sums cast to Int64");
     let a = a.as_primitive::<Int64Type>();
@@ -423,37 +499,6 @@ pub struct DpCost {
     pub charge: DpCharge,
     /// Per aggregate output column, in order: noise scale and 95% margin.
     pub columns: Vec<DpColumn>,
-}
-
-/// Refuses aggregates the method cannot release: SUM and AVG need
-/// differential privacy (a perturbed count has no bounded analogue for
-/// sums).
-pub fn check_aggregates(method: &Method, aggregates: &[AggregateKind]) -> Result<(), QueryError> {
-    let sums = aggregates
-        .iter()
-        .any(|a| matches!(a, AggregateKind::Sum { .. } | AggregateKind::Avg { .. }));
-    if sums && matches!(method, Method::CellKey { .. }) {
-        return Err(QueryError::new(
-            Code::AggregateNotAllowed,
-            "SUM and AVG are released only under differential privacy; this agreement uses the cell-key method, so count people instead (e.g. COUNT(*) per age band)",
-        ));
-    }
-    let counted = aggregates.iter().any(|a| {
-        matches!(
-            a,
-            AggregateKind::CountRows
-                | AggregateKind::CountColumn
-                | AggregateKind::CountHouseholds
-                | AggregateKind::Avg { .. }
-        )
-    });
-    if sums && !counted {
-        return Err(QueryError::new(
-            Code::AggregateNotAllowed,
-            "a SUM is released only next to a count of the same cells, because the threshold k applies to the noisy count of every released row; add COUNT(*) to the query",
-        ));
-    }
-    Ok(())
 }
 
 /// The per-query budget split evenly over the released aggregates: AVG

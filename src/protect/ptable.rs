@@ -232,10 +232,12 @@ impl fmt::Display for Violation {
 /// Errors loading or generating a ptable.
 #[derive(Debug, thiserror::Error)]
 pub enum PTableError {
+    /// The ptable CSV has no lines at all.
     #[error(
         "ptable '{name}' is empty: expected the header line `{CSV_HEADER}` followed by lines such as `0,0-255,0`"
     )]
     Empty { name: String },
+    /// The first line is not the expected CSV header.
     #[error(
         "ptable '{name}' line {line}: header is `{found}`; the first line must be `{CSV_HEADER}` (ONS/Cantabular layout)"
     )]
@@ -244,6 +246,7 @@ pub enum PTableError {
         line: usize,
         found: String,
     },
+    /// A line without exactly three fields.
     #[error(
         "ptable '{name}' line {line}: {found} field(s); expected 3 (cell_value,cell_key,perturbation), e.g. `12,0-31,-2`"
     )]
@@ -252,6 +255,7 @@ pub enum PTableError {
         line: usize,
         found: usize,
     },
+    /// A field that is not a number of the expected kind.
     #[error(
         "ptable '{name}' line {line}: {field} `{value}` is not {expected}; write e.g. `{example}`"
     )]
@@ -263,6 +267,7 @@ pub enum PTableError {
         expected: &'static str,
         example: &'static str,
     },
+    /// A `cell_key` range whose first key is larger than its last.
     #[error(
         "ptable '{name}' line {line}: cell_key range `{value}` runs backwards; write the smaller key first (`{lo}-{hi}`)"
     )]
@@ -273,6 +278,7 @@ pub enum PTableError {
         lo: u32,
         hi: u32,
     },
+    /// A cell value or cell key beyond the supported size.
     #[error(
         "ptable '{name}' line {line}: {what} {value} exceeds the limit {limit}; ptables this large are not supported, check the value"
     )]
@@ -283,6 +289,7 @@ pub enum PTableError {
         value: u64,
         limit: u64,
     },
+    /// A perturbation that would publish a negative count.
     #[error(
         "ptable '{name}' line {line}: cell_value {cell_value} with perturbation {perturbation} publishes {published}; a perturbation must be at least -cell_value"
     )]
@@ -293,6 +300,7 @@ pub enum PTableError {
         perturbation: i32,
         published: i64,
     },
+    /// A `(cell_value, cell_key)` pair given by more than one line.
     #[error(
         "ptable '{name}' line {line}: cell_value {cell_value}, keys {keys} are already covered by line {first_line}; each (cell_value, cell_key) must appear exactly once: remove or narrow one of the two ranges"
     )]
@@ -303,6 +311,7 @@ pub enum PTableError {
         cell_value: u32,
         keys: String,
     },
+    /// The lines for one cell value leave some cell keys uncovered.
     #[error(
         "ptable '{name}' line {line}: the lines for cell_value {cell_value} (from line {line}) do not cover keys {keys}; every row must cover keys 0-{last_key}: add lines for the missing keys"
     )]
@@ -313,6 +322,7 @@ pub enum PTableError {
         keys: String,
         last_key: u32,
     },
+    /// A cell value between 0 and the largest one has no lines.
     #[error(
         "ptable '{name}' line {line}: no line for cell_value {cell_value}, but rows must run 0..={max_value} without gaps; add lines `{cell_value},0-{last_key},<perturbation>` (e.g. before line {line})"
     )]
@@ -323,6 +333,7 @@ pub enum PTableError {
         max_value: u32,
         last_key: u32,
     },
+    /// The table has only row 0, which perturbs nothing.
     #[error(
         "ptable '{name}' line {line}: the largest cell_value is {max_value}; a ptable needs rows 0..=max with max >= 1 (row 0 alone perturbs nothing)"
     )]
@@ -331,12 +342,15 @@ pub enum PTableError {
         line: usize,
         max_value: u32,
     },
+    /// A generation parameter out of its valid range.
     #[error("ptable parameters: {field} = {value}: {reason}")]
     InvalidParams {
         field: &'static str,
         value: String,
         reason: String,
     },
+    /// `max_cell_value` is too small for D and js: counts above it would wrap
+    /// onto rows that do not yet follow the large-count distribution.
     #[error(
         "ptable parameters: max_cell_value {max_value} is too small for D={d}, js={js}: counts above it wrap onto rows {wrap_start}..={max_value}, but rows below {stationary} differ from the large-count distribution; use max_cell_value >= {needed} or leave it unset (default {default})"
     )]
@@ -349,6 +363,7 @@ pub enum PTableError {
         needed: u32,
         default: u32,
     },
+    /// The maximum-entropy solve for one row did not converge.
     #[error(
         "ptable generation: the maximum-entropy solve for cell_value {cell_value} did not converge ({detail}); try a variance further from the row's feasible bounds or a smaller D"
     )]

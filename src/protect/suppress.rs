@@ -102,13 +102,16 @@ use std::hash::{BuildHasherDefault, Hasher};
 /// Codes nest by the prefix rule described in the module documentation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GridTable {
+    /// Dimension names, in coordinate order.
     pub dims: Vec<String>,
+    /// The cells, inner cells and margins alike.
     pub cells: Vec<GridCell>,
 }
 
 /// One cell: its coordinates (one per dimension) and its true count.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GridCell {
+    /// One coordinate per dimension; `None` is the margin over that dimension.
     pub coords: Vec<Option<String>>,
     /// The true count.
     pub value: u64,
@@ -143,8 +146,11 @@ impl fmt::Display for Suppression {
 /// Counts of a [`suppress_csv`] run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct SuppressSummary {
+    /// Cells in the table.
     pub cells: usize,
+    /// Cells suppressed because their own count is in `1..k`.
     pub primary: usize,
+    /// Cells suppressed to protect primary ones.
     pub secondary: usize,
 }
 
@@ -164,20 +170,25 @@ impl fmt::Display for SuppressSummary {
 /// The name of the column [`suppress_csv`] appends.
 pub const SUPPRESSION_COLUMN: &str = "suppression";
 
+/// Errors of [`suppress`] and [`suppress_csv`]: malformed input or a pattern
+/// that cannot be made safe.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SuppressError {
+    /// A cell whose coordinate count differs from the number of dimensions.
     #[error("cell {index} has {found} coordinates but the table has {expected} dimensions")]
     CoordinateCount {
         index: usize,
         expected: usize,
         found: usize,
     },
+    /// Two cells with the same coordinates.
     #[error("cell {cell} appears twice (cells {first} and {second})")]
     DuplicateCell {
         cell: String,
         first: usize,
         second: usize,
     },
+    /// A margin that is not the sum of the inner cells it aggregates.
     #[error("{cell} has value {value} but the inner cells it aggregates sum to {sum}")]
     Inconsistent {
         index: usize,
@@ -185,30 +196,39 @@ pub enum SuppressError {
         value: u64,
         sum: u128,
     },
+    /// Exact arithmetic overflowed while checking what the pattern reveals.
     #[error("exact arithmetic overflowed while verifying the suppression pattern")]
     Overflow,
+    /// A cell that stays derivable even with every candidate cell suppressed.
     #[error("cannot protect {cell}: it stays derivable with every candidate suppressed")]
     Unprotectable { cell: String },
+    /// The input is not valid CSV.
     #[error("CSV line {line}: {message}")]
     Csv { line: u64, message: String },
+    /// A requested dimension or value column is not in the header.
     #[error("missing column `{column}` (the header has: {available})")]
     MissingColumn { column: String, available: String },
+    /// The same column was requested twice (as dimensions or as the value).
     #[error("column `{column}` is named more than once in the options")]
     RepeatedColumn { column: String },
+    /// The input already has the `suppression` column that would be appended.
     #[error("the input already has a column named `{column}`")]
     ColumnClash { column: String },
+    /// A value that is not a non-negative integer.
     #[error("line {line}: value `{value}` in column `{column}` is not a non-negative integer")]
     BadValue {
         line: u64,
         column: String,
         value: String,
     },
+    /// Two rows with the same cell coordinates.
     #[error("line {line}: cell {cell} already appears on line {first_line}")]
     DuplicateRow {
         line: u64,
         first_line: u64,
         cell: String,
     },
+    /// A margin row that is not the sum of the inner rows it aggregates.
     #[error("line {line}: {cell} has value {value} but the inner cells it aggregates sum to {sum}")]
     InconsistentRow {
         line: u64,

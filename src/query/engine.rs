@@ -10,12 +10,13 @@ use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 
 use super::error::EngineError;
 use super::udf::coarsening_udfs;
+use crate::calendar::date_to_days;
 use crate::catalog;
-use crate::generate::date_to_days;
 use crate::warehouse::{PENDUDUK_DIR, Snapshot};
 
 /// Names of the public reference tables a query may join.
 pub const REFERENCE_TABLES: &[&str] = &["wilayah", "kode_referensi"];
+/// Name of the population table in SQL.
 pub const PENDUDUK: &str = "penduduk";
 
 /// Resource limits of the engine.
@@ -74,21 +75,17 @@ pub struct Engine {
     /// information only (plan, scope, snapshot coverage), so it is reused.
     grids:
         std::sync::Mutex<std::collections::HashMap<String, datafusion::arrow::array::RecordBatch>>,
-    /// DP releases by agreement, budget and canonical aggregate plan: the
-    /// same question gets the identical answer and costs nothing again.
-    releases: std::sync::Mutex<std::collections::HashMap<String, crate::protect::ProtectedTable>>,
     /// What each agreement's cell-key tables have released about each
     /// margin of this snapshot (see [`super::margins`]).
     margins: super::margins::MarginMemory,
 }
 
-/// Released DP tables kept per engine before the cache is cleared.
-const RELEASE_CACHE_ENTRIES: usize = 4096;
-
 /// Grids kept per engine before the cache is cleared.
 const GRID_CACHE_ENTRIES: usize = 512;
 
 impl Engine {
+    /// Opens a session over `snapshot` with `penduduk`, the reference tables
+    /// and the coarsening functions registered, in the shared memory pool.
     pub async fn open(snapshot: Snapshot, config: EngineConfig) -> Result<Engine, EngineError> {
         let runtime = shared_runtime(config.memory_limit_bytes)?;
         let session = SessionConfig::new()
@@ -122,42 +119,23 @@ impl Engine {
             ctx,
             config,
             grids: Default::default(),
-            releases: Default::default(),
             margins: Default::default(),
         })
     }
 
+    /// The DataFusion session.
     pub fn context(&self) -> &SessionContext {
         &self.ctx
     }
 
+    /// The snapshot this engine queries.
     pub fn snapshot(&self) -> &Snapshot {
         &self.snapshot
     }
 
+    /// The resource limits the engine was opened with.
     pub fn config(&self) -> &EngineConfig {
         &self.config
-    }
-
-    pub(crate) fn cached_release(&self, key: &str) -> Option<crate::protect::ProtectedTable> {
-        self.releases.lock().ok()?.get(key).cloned()
-    }
-
-    pub(crate) fn cache_release(&self, key: String, table: crate::protect::ProtectedTable) {
-        if let Ok(mut r) = self.releases.lock() {
-            if r.len() >= RELEASE_CACHE_ENTRIES {
-                r.clear();
-            }
-            r.insert(key, table);
-        }
-    }
-
-    /// Drops a release whose charge could not be committed: no cache may
-    /// hold a release that the ledger does not.
-    pub(crate) fn forget_release(&self, key: &str) {
-        if let Ok(mut r) = self.releases.lock() {
-            r.remove(key);
-        }
     }
 
     pub(crate) fn margins(&self) -> &super::margins::MarginMemory {
@@ -182,8 +160,11 @@ impl Engine {
         agreement: &crate::agreement::Agreement,
         limit: usize,
     ) -> Vec<super::margins::MarginState> {
-        self.margins
-            .state(&agreement.id, agreement.protection.noise_variance(), limit)
+        self.margins.state(
+            agreement.id(),
+            agreement.protection().noise_variance(),
+            limit,
+        )
     }
 
     pub(crate) fn cached_grid(&self, key: &str) -> Option<datafusion::arrow::array::RecordBatch> {

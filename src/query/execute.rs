@@ -39,9 +39,9 @@ use super::plan::sql_to_plan;
 use super::udf::MAX_AGE;
 use super::validate::{AggregateKind, ValidatedPlan, scope_predicate, validate};
 use crate::agreement::Agreement;
+use crate::calendar::{date_to_days, days_to_date};
 use crate::catalog::{self, Domain, RegionLevel};
-use crate::generate::{date_to_days, days_to_date};
-use crate::protect::{Method, ProtectedTable, SUPPRESSION_COLUMN, TrueTable, protect};
+use crate::protect::{ProtectedTable, SUPPRESSION_COLUMN, TrueTable, protect};
 
 /// Largest domain table built to enumerate a grid.
 const MAX_DOMAIN_ROWS: u64 = 4_000_000;
@@ -71,19 +71,6 @@ impl QueryResult {
     }
 }
 
-/// Plans, validates and runs one SQL query for an agreement.
-pub async fn run_query(
-    engine: &Engine,
-    agreement: &Agreement,
-    sql: &str,
-) -> Result<QueryResult, RunError> {
-    within_timeout(engine, agreement, async {
-        let validated = check_query(engine, agreement, sql).await?;
-        run_inner(engine, agreement, validated).await
-    })
-    .await
-}
-
 /// Runs `work` within the engine's and the agreement's timeout, whichever
 /// is shorter; a query that takes longer is cancelled and refused.
 pub async fn within_timeout<T>(
@@ -91,10 +78,9 @@ pub async fn within_timeout<T>(
     agreement: &Agreement,
     work: impl std::future::Future<Output = Result<T, RunError>>,
 ) -> Result<T, RunError> {
-    let timeout = engine
-        .config()
-        .query_timeout
-        .min(Duration::from_secs(agreement.limits.timeout_seconds.max(1)));
+    let timeout = engine.config().query_timeout.min(Duration::from_secs(
+        agreement.limits().timeout_seconds.max(1),
+    ));
     match tokio::time::timeout(timeout, work).await {
         Ok(r) => r,
         Err(_) => Err(QueryError::new(
@@ -142,7 +128,7 @@ fn plan_and_validate(
                 let plan = futures::executor::block_on(sql_to_plan(
                     engine,
                     sql,
-                    agreement.limits.max_sql_bytes,
+                    agreement.limits().max_sql_bytes,
                 ))?;
                 Ok(validate(&plan, agreement, engine.as_of_days())?)
             });
@@ -161,51 +147,6 @@ fn plan_and_validate(
     })
 }
 
-/// Runs a plan that [`check_query`] validated for this agreement, within
-/// the agreement's timeout. For callers that must act between validation
-/// and execution (the service reserves the privacy budget there).
-pub async fn run_validated(
-    engine: &Engine,
-    agreement: &Agreement,
-    validated: ValidatedPlan,
-) -> Result<QueryResult, RunError> {
-    within_timeout(engine, agreement, run_inner(engine, agreement, validated)).await
-}
-
-/// The key of a release in the engine's release cache: the agreement, its
-/// protection (DP budget and threshold, or the ptable's hash, k and the
-/// sparsity rule) and the canonical aggregate plan, scope applied
-/// (whitespace, aliases and ORDER BY do not matter). Under DP a repeat
-/// gets the identical release and charges nothing; under cell-key the
-/// release is deterministic anyway and the cache only saves the work.
-pub fn release_key(agreement: &Agreement, validated: &ValidatedPlan) -> Option<String> {
-    let protection = match &agreement.protection.method {
-        Method::Dp { budget, k } => format!("dp {budget:?} k={k}"),
-        Method::CellKey { ptable, k } => format!(
-            "cell_key {} k={k} {:?}",
-            ptable.sha256(),
-            agreement.protection.sparsity
-        ),
-    };
-    Some(format!(
-        "{}\n{protection}\n{}",
-        agreement.id,
-        validated.aggregate().display_indent()
-    ))
-}
-
-/// Whether this DP question was released before on this engine (snapshot)
-/// for this agreement, so that answering it again charges nothing.
-/// Always false under cell-key, which has no budget.
-pub fn is_release_cached(
-    engine: &Engine,
-    agreement: &Agreement,
-    validated: &ValidatedPlan,
-) -> bool {
-    matches!(agreement.protection.method, Method::Dp { .. })
-        && release_key(agreement, validated).is_some_and(|k| engine.cached_release(&k).is_some())
-}
-
 /// SHA-256 of the canonical aggregate plan (scope applied): equal for the
 /// same question however it is written. For the audit log.
 pub fn plan_fingerprint(validated: &ValidatedPlan) -> String {
@@ -221,12 +162,12 @@ pub fn plan_fingerprint(validated: &ValidatedPlan) -> String {
 
 /// Refuses a result grid larger than the agreement allows.
 pub fn check_cells(cells: usize, agreement: &Agreement) -> Result<(), QueryError> {
-    if cells > agreement.limits.max_cells {
+    if cells > agreement.limits().max_cells {
         return Err(QueryError::new(
             Code::TooManyCells,
             format!(
                 "the result grid has {cells} cells; this agreement allows at most {}; use coarser dimensions (kecamatan instead of kelurahan, 5-year age groups instead of single years)",
-                agreement.limits.max_cells
+                agreement.limits().max_cells
             ),
         ));
     }
@@ -244,75 +185,69 @@ pub async fn grid_cells(
     Ok(grid(engine, validated, agreement).await?.num_rows())
 }
 
-async fn run_inner(
+/// What execution produced: the protected table (before the post-plan),
+/// the cells of the complete grid, and the result cells that fell outside
+/// the public grid (for the operator's log only).
+#[derive(Debug)]
+pub struct Executed {
+    /// The released values; nothing unprotected leaves execution.
+    pub table: ProtectedTable,
+    /// Cells of the complete aggregate grid.
+    pub cells: usize,
+    /// Result cells outside the public grid, dropped (never shown to the
+    /// caller: it depends on the data).
+    pub outside_grid: usize,
+}
+
+/// Runs a validated plan: the grid, the cell limit, the margin memory
+/// (cell-key tables), the aggregate over `penduduk` with the scope, the
+/// completion of the grid, and protection. The post-plan is not applied
+/// ([`post_plan`]): the release pipeline keeps the protected table between
+/// the two (a DP release is committed and cached there).
+pub async fn execute(
     engine: &Engine,
     agreement: &Agreement,
-    validated: ValidatedPlan,
-) -> Result<QueryResult, RunError> {
-    let grid = grid(engine, &validated, agreement).await?;
+    validated: &ValidatedPlan,
+) -> Result<Executed, RunError> {
+    let grid = grid(engine, validated, agreement).await?;
     check_cells(grid.num_rows(), agreement)?;
     // Cell-key: a table that would let averaging pin one of its margins is
     // refused before any personal data is read.
     if let Some(spec) = validated.table() {
-        let restricted = restrictions(engine, &validated, spec, agreement).await?;
+        let restricted = restrictions(engine, validated, spec, agreement).await?;
         let estimates = margin_estimates(spec, &restricted, &grid);
         engine.margins().admit(
-            &agreement.id,
-            agreement.protection.noise_variance(),
+            agreement.id(),
+            agreement.protection().noise_variance(),
             &estimates,
         )?;
     }
-    // DP: the same canonical question (aggregate plan: whitespace, aliases
-    // and ORDER BY do not matter) on this snapshot for this agreement and
-    // budget returns the identical release and charges nothing.
-    let release_key = release_key(agreement, &validated);
-    if let Some(hit) = release_key
-        .as_deref()
-        .and_then(|k| engine.cached_release(k))
-    {
-        let cells = hit.metadata().cells;
-        let table = post_plan(engine, &validated, hit.reused()).await?;
-        return Ok(QueryResult {
-            table,
-            cells,
-            plan: validated,
-            outside_grid: 0,
-        });
-    }
-    let aggregate = match &agreement.protection.method {
-        Method::CellKey { ptable, .. } => {
-            with_cell_keys(&validated, ptable.key_range(), &agreement.scope)?
-        }
-        Method::Dp { .. } => with_avg_parts(&validated)?,
+    let aggregate = match agreement.protection().ptable() {
+        Some(ptable) => with_cell_keys(validated, ptable.key_range(), agreement.scope())?,
+        None => with_avg_parts(validated)?,
     };
     let found = collect(engine, aggregate).await?;
-    let (table, outside_grid) = complete(&grid, &found, &validated)?;
+    let (table, outside_grid) = complete(&grid, &found, validated)?;
     let cells = table.num_rows();
     let snapshot = engine.snapshot();
     // Protection: from here on only released values exist.
     let protected = protect(
         TrueTable {
             batch: &table,
-            key_columns: key_columns(&validated, &grid),
-            aggregates: &validated.aggregates,
-            grouping_sets: validated.grouping_sets,
+            key_columns: key_columns(validated, &grid),
+            aggregates: validated.aggregates(),
+            grouping_sets: validated.grouping_sets(),
             grouping_id: validated.has_grouping_id(),
             output_names: validated.aggregate_names(),
-            holding: holds_households(&validated),
+            holding: holds_households(validated),
             snapshot: snapshot.id().to_string(),
             tanggal_data: snapshot.manifest.tanggal_data.to_string(),
         },
-        &agreement.protection,
+        agreement.protection(),
     )?;
-    drop(table);
-    if let Some(key) = release_key {
-        engine.cache_release(key, protected.clone());
-    }
-    let table = post_plan(engine, &validated, protected).await?;
-    Ok(QueryResult {
-        table,
+    Ok(Executed {
+        table: protected,
         cells,
-        plan: validated,
         outside_grid,
     })
 }
@@ -431,7 +366,7 @@ fn representative_dates(
     out.into_iter()
         .filter(|&d| {
             let age = |on: i32| {
-                let a = crate::generate::age_on(d, on);
+                let a = crate::calendar::age_on(d, on);
                 (a >= 0).then_some(a.min(MAX_AGE))
             };
             let signature = (
@@ -456,9 +391,9 @@ fn domain_table(
     agreement: &Agreement,
 ) -> Result<RecordBatch, RunError> {
     let regions = catalog::regions();
-    let scope = &agreement.scope;
+    let scope = agreement.scope();
     let coverage = engine.snapshot().coverage();
-    let used = &v.elements;
+    let used = v.elements();
     // Region rows: the finest level used, each with a consistent chain of
     // codes (a representative desa below it) so the scope filter holds.
     let finest = [
@@ -527,9 +462,9 @@ fn domain_table(
                 ),
                 Domain::Dates => {
                     let none = BTreeSet::new();
-                    let functions = v.date_functions.get(c.name).unwrap_or(&none);
+                    let functions = v.date_functions().get(c.name).unwrap_or(&none);
                     let mut d: Vec<Option<i32>> =
-                        representative_dates(as_of, v.age_reference, functions)
+                        representative_dates(as_of, v.age_reference(), functions)
                             .into_iter()
                             .map(Some)
                             .collect();
@@ -905,7 +840,7 @@ async fn grid(
 }
 
 fn key_columns(v: &ValidatedPlan, batch: &RecordBatch) -> usize {
-    batch.num_columns() - v.aggregates.len()
+    batch.num_columns() - v.aggregates().len()
 }
 
 /// The grid with the aggregate's values filled in, zero for empty cells.
@@ -955,7 +890,7 @@ fn complete(
     // number is kept for the audit log, not for the caller.
     let outside_grid = found.num_rows() - hit;
     let mut columns: Vec<ArrayRef> = grid.columns()[..nkeys].to_vec();
-    for (j, kind) in v.aggregates.iter().enumerate() {
+    for (j, kind) in v.aggregates().iter().enumerate() {
         let src = found.column(nkeys + j);
         let taken = take(src.as_ref(), &take_idx, None).map_err(|e| internal(e.to_string()))?;
         let filled: ArrayRef = match (kind, taken.data_type()) {
@@ -1033,7 +968,7 @@ fn with_avg_parts(v: &ValidatedPlan) -> Result<LogicalPlan, RunError> {
         )));
     };
     let mut aggr = agg.aggr_expr.clone();
-    for (i, (e, kind)) in agg.aggr_expr.iter().zip(&v.aggregates).enumerate() {
+    for (i, (e, kind)) in agg.aggr_expr.iter().zip(v.aggregates()).enumerate() {
         if !matches!(kind, AggregateKind::Avg { .. }) {
             continue;
         }
@@ -1100,7 +1035,7 @@ fn with_cell_keys(
     // rule (a cell of people from one or two families is withheld).
     let holding = holds_households(v);
     let households = holding
-        || v.aggregates
+        || v.aggregates()
             .iter()
             .any(|k| matches!(k, AggregateKind::CountHouseholds));
     let keys = [RECORD_KEY_COLUMN, HOUSEHOLD_KEY_COLUMN, HOUSEHOLD_KK_COLUMN];
@@ -1194,7 +1129,7 @@ fn with_cell_keys(
         .map_err(engine_err)?
         .data;
     let mut aggr = agg.aggr_expr.clone();
-    for (i, kind) in v.aggregates.iter().enumerate() {
+    for (i, kind) in v.aggregates().iter().enumerate() {
         let key = match kind {
             AggregateKind::CountRows | AggregateKind::CountColumn => {
                 datafusion::functions_aggregate::expr_fn::sum(Expr::Cast(
@@ -1246,7 +1181,8 @@ fn household_key() -> Expr {
 
 /// Runs HAVING, ORDER BY, LIMIT and the final projection over the released
 /// table, by replacing the aggregate in the plan with a scan of it.
-async fn post_plan(
+/// HAVING, ORDER BY and LIMIT over the released values only.
+pub async fn post_plan(
     engine: &Engine,
     v: &ValidatedPlan,
     table: ProtectedTable,

@@ -62,7 +62,9 @@ impl Margin {
 /// The state of one margin, for `/v1/budget` and the monitoring report.
 #[derive(Debug, Clone, Serialize)]
 pub struct MarginState {
+    /// The margin (universe and dimensions) in canonical form.
     pub margin: String,
+    /// Distinct partitions released about it so far (a direct release is one).
     pub breakdowns: usize,
     /// Standard error (persons) of the best estimate from what was released.
     pub standard_error: f64,

@@ -19,7 +19,7 @@ pub mod validate;
 pub use engine::{Engine, EngineConfig};
 pub use error::{Code, QueryError, RunError};
 pub use execute::{
-    QueryResult, check_cells, check_query, grid_cells, is_release_cached, plan_fingerprint,
-    release_key, run_query, run_validated, within_timeout,
+    Executed, QueryResult, check_cells, check_query, execute, grid_cells, plan_fingerprint,
+    post_plan, within_timeout,
 };
 pub use validate::ValidatedPlan;

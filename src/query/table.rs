@@ -152,7 +152,7 @@ pub(crate) fn dimension(e: &Expr) -> Option<String> {
                     Some(format!(
                         "umur_pada({}, {})",
                         date_arg(0)?,
-                        crate::generate::days_to_date(on)
+                        crate::calendar::days_to_date(on)
                     ))
                 }
                 WAJIB_KTP if f.args.len() == 2 => {

@@ -31,18 +31,24 @@ use datafusion::logical_expr::{
     Volatility,
 };
 
-use crate::generate::{age_on, days_to_date};
+use crate::calendar::{age_on, days_to_date};
 
+/// SQL name of `umur(tanggal_lahir)`: age in whole years on `tanggal_data`.
 pub const UMUR: &str = "umur";
+/// SQL name of `umur_pada(tanggal_lahir, date)`: age on the 1st of a month.
 pub const UMUR_PADA: &str = "umur_pada";
+/// SQL name of `kelompok_umur(age, width)`: the age band label.
 pub const KELOMPOK_UMUR: &str = "kelompok_umur";
+/// SQL name of `tahun(date)`: the top-coded calendar year.
 pub const TAHUN: &str = "tahun";
+/// SQL name of `wajib_ktp(age, status_perkawinan)`: KTP-el obligation.
 pub const WAJIB_KTP: &str = "wajib_ktp";
 
 /// Highest age in the public domain; also the clamp bound for sums of ages.
 pub const MAX_AGE: i32 = 120;
 /// Top of the open age band.
 pub const TOP_BAND: i32 = 75;
+/// Widest band `kelompok_umur` accepts, in years.
 pub const MAX_BAND_WIDTH: i64 = 25;
 
 /// Band label of an age.

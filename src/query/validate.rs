@@ -33,8 +33,8 @@ use super::engine::{PENDUDUK, REFERENCE_TABLES};
 use super::error::{Code, QueryError};
 use super::udf::{KELOMPOK_UMUR, MAX_AGE, TAHUN, UMUR, UMUR_PADA, earliest_year};
 use crate::agreement::Agreement;
+use crate::calendar::{date_to_days, days_to_date};
 use crate::catalog::{self, ColumnClass, RegionLevel, RegionScope};
-use crate::generate::{date_to_days, days_to_date};
 use chrono::Datelike;
 
 /// A reference-side plan and the join keys that must be unique in it.
@@ -143,16 +143,7 @@ impl Facts {
     }
 }
 
-/// An approved aggregate of the result.
-#[derive(Debug, Clone, PartialEq)]
-pub enum AggregateKind {
-    CountRows,
-    CountColumn,
-    CountHouseholds,
-    Sum { lo: f64, hi: f64 },
-    Avg { lo: f64, hi: f64 },
-    Grouping,
-}
+pub use crate::protect::AggregateKind;
 
 /// A plan that passed the gate, with the agreement's scope applied.
 #[derive(Debug, Clone)]
@@ -160,23 +151,56 @@ pub struct ValidatedPlan {
     /// The whole plan, scope predicate included.
     pub(crate) plan: LogicalPlan,
     /// The distinct group-key expressions.
-    pub group_keys: Vec<Expr>,
+    group_keys: Vec<Expr>,
     /// Number of grouping sets (1 for a plain GROUP BY).
-    pub grouping_sets: usize,
+    grouping_sets: usize,
     /// One entry per aggregate output column, in order.
-    pub aggregates: Vec<AggregateKind>,
+    aggregates: Vec<AggregateKind>,
     /// Catalog columns the query uses.
-    pub elements: BTreeSet<&'static str>,
+    elements: BTreeSet<&'static str>,
     /// Reference dates of the ages used (days), at most one.
-    pub age_reference: Option<i32>,
+    age_reference: Option<i32>,
     /// The coarsening functions applied to each date column.
-    pub date_functions: std::collections::BTreeMap<&'static str, BTreeSet<&'static str>>,
+    date_functions: std::collections::BTreeMap<&'static str, BTreeSet<&'static str>>,
     /// The table this query is, under the cell-key method (`None` under
     /// differential privacy, whose accounting covers richer SQL).
     table: Option<super::table::TableSpec>,
 }
 
 impl ValidatedPlan {
+    /// The distinct group-key expressions.
+    pub fn group_keys(&self) -> &[Expr] {
+        &self.group_keys
+    }
+
+    /// Number of grouping sets (1 for a plain GROUP BY): a person counts
+    /// once per set, so it scales the DP sensitivity.
+    pub fn grouping_sets(&self) -> usize {
+        self.grouping_sets
+    }
+
+    /// One entry per aggregate output column, in order.
+    pub fn aggregates(&self) -> &[AggregateKind] {
+        &self.aggregates
+    }
+
+    /// Catalog columns the query uses.
+    pub fn elements(&self) -> &BTreeSet<&'static str> {
+        &self.elements
+    }
+
+    /// Reference date of the ages used (days), at most one.
+    pub fn age_reference(&self) -> Option<i32> {
+        self.age_reference
+    }
+
+    /// The coarsening functions applied to each date column.
+    pub fn date_functions(
+        &self,
+    ) -> &std::collections::BTreeMap<&'static str, BTreeSet<&'static str>> {
+        &self.date_functions
+    }
+
     /// The whole plan, scope applied.
     pub fn plan(&self) -> &LogicalPlan {
         &self.plan
@@ -1222,7 +1246,7 @@ pub fn validate(
         )?;
         w.columns.extend(f.columns.iter().copied());
     }
-    let max_dims = agreement.limits.max_group_dimensions;
+    let max_dims = agreement.limits().max_group_dimensions;
     if keys.len() > max_dims {
         return reject(
             Code::TooManyDimensions,
@@ -1256,7 +1280,7 @@ pub fn validate(
         let dates: Vec<String> = w
             .age_dates
             .iter()
-            .map(|d| crate::generate::days_to_date(*d).to_string())
+            .map(|d| crate::calendar::days_to_date(*d).to_string())
             .collect();
         return reject(
             Code::AgeReferenceDatesConflict,
@@ -1272,22 +1296,22 @@ pub fn validate(
     for c in &w.columns {
         let column = catalog::column(c).expect("classified columns come from the catalog");
         if !agreement.permits(c) {
-            let permitted: Vec<&str> = agreement.permitted.iter().map(String::as_str).collect();
+            let permitted: Vec<&str> = agreement.permitted().iter().map(String::as_str).collect();
             return reject(
                 Code::ElementNotPermitted,
                 format!(
                     "column '{c}' is not permitted by agreement '{}'; permitted: {}",
-                    agreement.id,
+                    agreement.id(),
                     permitted.join(", ")
                 ),
             );
         }
-        if column.needs_minister_permission() && !agreement.minister_permission.contains(*c) {
+        if column.needs_minister_permission() && !agreement.minister_permission().contains(*c) {
             return reject(
                 Code::MinisterPermissionRequired,
                 format!(
                     "column '{c}' is protected (UU 24/2013 Pasal 84) and agreement '{}' has no Minister's permission for it",
-                    agreement.id
+                    agreement.id()
                 ),
             );
         }
@@ -1295,19 +1319,19 @@ pub fn validate(
 
     // What the agreement's method can release (SUM and AVG only under DP,
     // a SUM only next to a count), before anything is reserved or run.
-    crate::protect::check_aggregates(&agreement.protection.method, &aggregates)?;
+    crate::protect::check_aggregates(&agreement.protection().method, &aggregates)?;
 
     // 7. The region scope, right above the penduduk scan. A region code
     // the query names explicitly outside the scope is refused outright
     // (the scope predicate alone would answer it with zeros).
-    region_literals_in_scope(plan, &agreement.scope, &agreement.id)?;
+    region_literals_in_scope(plan, agreement.scope(), agreement.id())?;
     // 8. Under the cell-key method the query must be a table.
-    let table = if agreement.protection.releases_tables() {
+    let table = if agreement.protection().releases_tables() {
         Some(super::table::compile(agg, &aggregates)?)
     } else {
         None
     };
-    let scoped = apply_scope(plan, &agreement.scope)?;
+    let scoped = apply_scope(plan, agreement.scope())?;
     let v = ValidatedPlan {
         plan: scoped,
         group_keys: keys,

@@ -6,8 +6,7 @@
 use chrono::NaiveDate;
 
 use super::{AgreementInfo, Report, ReportInput, build, window_bounds};
-use crate::policy::{Pks, Policy};
-use crate::protect::Method;
+use crate::agreement::{Pks, Policy};
 use crate::state::{StateError, StateStore};
 
 /// What the report needs to know about one agreement.
@@ -19,12 +18,9 @@ pub fn agreement_info(p: &Pks) -> AgreementInfo {
         stage: p.stage.to_string(),
         valid_from: p.valid_from,
         valid_until: p.valid_until,
-        permitted_elements: p.agreement.permitted.iter().cloned().collect(),
-        minister_permission: p.agreement.minister_permission.iter().cloned().collect(),
-        method: match p.agreement.protection.method {
-            Method::CellKey { .. } => "cell_key".into(),
-            Method::Dp { .. } => "dp".into(),
-        },
+        permitted_elements: p.agreement.permitted().iter().cloned().collect(),
+        minister_permission: p.agreement.minister_permission().iter().cloned().collect(),
+        method: p.agreement.protection().method_name().into(),
         budget_per_period: p.budget_per_period,
     }
 }

@@ -126,7 +126,7 @@ pub const TITLE: &str = "Laporan Monitoring dan Evaluasi Penggunaan Data Agregat
 /// Agreement and token id of requests without a valid token.
 pub const UNATTRIBUTED: &str = "-";
 /// WIB is UTC+7.
-pub const WIB_OFFSET_SECONDS: i32 = 7 * 3600;
+pub use crate::calendar::WIB_OFFSET_SECONDS;
 /// Warn when an agreement ends within this many days after `as_of`.
 pub const EXPIRY_WARNING_DAYS: i64 = 60;
 /// Width of the sliding window of the spike rule.

@@ -6,9 +6,15 @@
 //! `#[utoipa::path]` annotation, so the published spec cannot drift from
 //! what is served (a test compares them).
 //!
-//! Every `/v1` handler has the same shape: open an audit [`Draft`], run the
-//! request in an inner function returning `Result<Response, ApiError>`,
-//! and end in [`audit::finish`], which writes the audit entry before the
+//! Owns: HTTP only: routes, content negotiation, bodies, the response
+//! cache of cell-key downloads, and the DTOs of the wire format. What is
+//! released comes from [`crate::release`]; who may ask, from
+//! [`crate::agreement`].
+//!
+//! Every `/v1` handler has the same shape: it takes an
+//! [`Admitted`] caller with the request's open [`AuditToken`], runs the
+//! request in an inner block returning `Result<Response, ApiError>`, and
+//! ends in [`AuditToken::finish`], which writes the audit entry before the
 //! response is returned.
 
 use std::collections::BTreeSet;
@@ -24,21 +30,19 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{OpenApi, ToSchema};
 
-use super::audit::{self, Draft};
-use super::auth::{Caller, Credentials, admit};
+use super::audit::AuditToken;
+use super::auth::Caller;
 use super::cache::{CachedRelease, ResponseCache};
+use super::extract::Admitted;
 use super::problem::{ApiError, Problem};
 use super::{AppState, ClientAddr};
+use crate::agreement::Stage;
 use crate::catalog::{self, ColumnClass, Domain, RegionScope};
 use crate::output::{self, Format};
-use crate::policy::Stage;
-use crate::protect::{BudgetInfo, Method, ProtectedTable, check_aggregates, dp_cost};
-use crate::query::{
-    Engine, ValidatedPlan, check_cells, check_query, grid_cells, is_release_cached,
-    plan_fingerprint, release_key, run_validated, within_timeout,
-};
-use crate::state::{Reservation, period_of};
-use sha2::Digest;
+use crate::protect::{BudgetInfo, ProtectedTable};
+use crate::query::Engine;
+use crate::release::{Ask, Facts};
+use crate::state::period_of;
 
 /// Media type of Parquet downloads.
 pub const PARQUET: &str = "application/vnd.apache.parquet";
@@ -423,13 +427,16 @@ fn json_response<T: Serialize>(value: &T) -> Result<Response, ApiError> {
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-/// Snapshots the caller's stage may query, newest first.
+/// Snapshots the caller's agreement may query (stage and region rules),
+/// newest first.
 fn visible_snapshots<'a>(state: &'a AppState, caller: &Caller) -> Vec<&'a Arc<Engine>> {
     let mut v: Vec<&Arc<Engine>> = state
         .snapshots()
         .values()
-        .filter(|e| stage_allows(caller.pks.stage, e.snapshot().manifest.synthetic))
-        .filter(|e| overlaps(&caller.pks.agreement.scope, &e.snapshot().coverage()))
+        .filter(|e| {
+            let s = e.snapshot();
+            caller.pks.sees(s.manifest.synthetic, &s.coverage())
+        })
         .collect();
     v.sort_by(|a, b| {
         let (ma, mb) = (&a.snapshot().manifest, &b.snapshot().manifest);
@@ -438,22 +445,6 @@ fn visible_snapshots<'a>(state: &'a AppState, caller: &Caller) -> Vec<&'a Arc<En
             .then(mb.id.cmp(&ma.id))
     });
     v
-}
-
-fn stage_allows(stage: Stage, synthetic: bool) -> bool {
-    match stage {
-        Stage::Trial => synthetic,
-        Stage::Production => !synthetic,
-    }
-}
-
-fn overlaps(a: &RegionScope, b: &RegionScope) -> bool {
-    match (a, b) {
-        (RegionScope::All, _) | (_, RegionScope::All) => true,
-        (RegionScope::Prefixes(pa), RegionScope::Prefixes(pb)) => pa
-            .iter()
-            .any(|p| b.touches(p) || pb.iter().any(|q| a.touches(q))),
-    }
 }
 
 fn choose_snapshot(
@@ -480,242 +471,48 @@ fn choose_snapshot(
                     available: if names.is_empty() { "none".into() } else { names.join(", ") },
                 });
             };
-            let synthetic = engine.snapshot().manifest.synthetic;
-            if !stage_allows(stage, synthetic) {
-                return Err(ApiError::StageNotAllowed {
-                    agreement: caller.pks.id().to_string(),
-                    stage: stage.to_string(),
-                    snapshot: id.to_string(),
-                    kind: if synthetic { "synthetic" } else { "production data" },
-                    hint: match stage {
-                        Stage::Trial => "trial agreements may query synthetic snapshots only",
-                        Stage::Production => "production agreements may query production snapshots only",
-                    },
-                });
-            }
-            if !overlaps(&caller.pks.agreement.scope, &engine.snapshot().coverage()) {
-                return Err(ApiError::Query(crate::query::QueryError::new(
-                    crate::query::Code::RegionNotPermitted,
-                    format!(
-                        "snapshot '{id}' covers {}, outside the scope of agreement '{}' ({})",
-                        engine.snapshot().coverage().describe(),
-                        caller.pks.id(),
-                        caller.pks.agreement.scope.describe()
-                    ),
-                )));
-            }
+            let s = engine.snapshot();
+            caller
+                .pks
+                .check_snapshot(id, s.manifest.synthetic, &s.coverage())?;
             Ok(Arc::clone(engine))
         }
     }
 }
 
-/// Validates the SQL for the caller on the engine; fills the draft.
-async fn validate(
-    engine: &Engine,
-    caller: &Caller,
-    sql: &str,
-    draft: &mut Draft,
-) -> Result<ValidatedPlan, ApiError> {
-    draft.snapshot = Some(engine.snapshot().id().to_string());
-    let agreement = &caller.pks.agreement;
-    let validated = within_timeout(engine, agreement, check_query(engine, agreement, sql)).await?;
-    draft.plan_fingerprint = Some(plan_fingerprint(&validated));
-    draft.elements = validated.elements.iter().map(|e| e.to_string()).collect();
-    Ok(validated)
-}
-
-/// The key of a DP release in the state database: the snapshot and the
-/// engine's release key, hashed.
-fn durable_release_key(engine: &Engine, key: &str) -> String {
-    hex::encode(sha2::Sha256::digest(
-        format!("{}\n{key}", engine.snapshot().id()).as_bytes(),
-    ))
-}
-
-/// Whether this DP question was released before on this snapshot for this
-/// agreement: in the engine's memory, or in the state database (from
-/// before a restart), in which case the release is loaded into memory so
-/// that it is served again, free of charge. False under cell-key.
-async fn dp_release_known(
-    state: &Shared,
-    engine: &Engine,
-    agreement: &crate::agreement::Agreement,
-    validated: &ValidatedPlan,
-    request_id: &str,
-) -> Result<bool, ApiError> {
-    if !matches!(agreement.protection.method, Method::Dp { .. }) {
-        return Ok(false);
-    }
-    if is_release_cached(engine, agreement, validated) {
-        return Ok(true);
-    }
-    let Some(key) = release_key(agreement, validated) else {
-        return Ok(false);
-    };
-    let store = Arc::clone(&state.store);
-    let durable = durable_release_key(engine, &key);
-    let stored = tokio::task::spawn_blocking(move || store.release_get(&durable))
-        .await
-        .map_err(|e| ApiError::internal("release cache", e))??;
-    let Some(bytes) = stored else {
-        return Ok(false);
-    };
-    match ProtectedTable::from_bytes(&bytes) {
-        Ok(t) => {
-            engine.cache_release(key, t);
-            Ok(true)
-        }
-        Err(e) => {
-            eprintln!(
-                "agregat: request {request_id}: stored release unreadable ({e}); answering afresh"
-            );
-            Ok(false)
-        }
+/// The pipeline's question for this caller.
+fn ask<'a>(caller: &'a Caller, engine: &'a Engine, sql: &'a str, request_id: &'a str) -> Ask<'a> {
+    Ask {
+        engine,
+        agreement: &caller.pks.agreement,
+        allowance: caller.pks.budget_per_period,
+        sql,
+        request_id,
     }
 }
 
-/// Plans, validates, charges and runs one query; the released table.
+/// Releases one question through the pipeline, within a query slot; the
+/// audit draft gets the release's facts whatever the outcome.
 async fn release(
     state: &Shared,
     caller: &Caller,
     engine: &Engine,
     sql: &str,
-    draft: &mut Draft,
+    audit: &mut AuditToken,
 ) -> Result<ProtectedTable, ApiError> {
     let _slot = state
         .query_slots
         .acquire()
         .await
         .map_err(|_| ApiError::Unavailable)?;
-    let agreement = &caller.pks.agreement;
-    let validated = validate(engine, caller, sql, draft).await?;
-    // DP: a question released before (also before a restart) is answered
-    // with that release, free of charge.
-    let reservation = match &agreement.protection.method {
-        Method::Dp { budget, k }
-            if !dp_release_known(state, engine, agreement, &validated, &draft.request_id)
-                .await? =>
-        {
-            let cost = dp_cost(*budget, &validated.aggregates, validated.grouping_sets, *k)
-                .map_err(|e| ApiError::internal("privacy cost", e))?;
-            let store = Arc::clone(&state.store);
-            let (id, period) = (caller.pks.id().to_string(), period_of(state.clock.today()));
-            let allowance = caller.pks.budget_per_period.unwrap_or(0.0);
-            let request_id = draft.request_id.clone();
-            let amount = cost.charge.value();
-            let lifetime = Some(state.config.limits.lifetime_privacy_loss);
-            let r = tokio::task::spawn_blocking(move || {
-                store.reserve_within(&id, &period, amount, allowance, lifetime, &request_id)
-            })
-            .await
-            .map_err(|e| ApiError::internal("budget ledger", e))??;
-            Some((r, release_key(agreement, &validated)))
-        }
-        _ => None,
-    };
-    let result = run_validated(engine, agreement, validated).await;
-    match (result, reservation) {
-        (Ok(r), None) => {
-            record(draft, &r.table, r.cells);
-            Ok(r.table)
-        }
-        (Ok(r), Some((res, key))) => {
-            let charged = r.table.charge_now().map_or(0.0, |c| c.value());
-            if charged == 0.0 {
-                // An identical release was cached meanwhile: nothing new
-                // leaves, so nothing is charged.
-                settle(state, res, false).await?;
-            } else {
-                // Commit before anything leaves: if this fails, nothing is
-                // released and the reservation stays charged.
-                if let Err(e) = settle(state, res, true).await {
-                    if let Some(key) = &key {
-                        engine.forget_release(key);
-                    }
-                    return Err(e);
-                }
-                if let Some(key) = key
-                    && let Some(table) = engine.cached_release(&key)
-                {
-                    store_release(state, caller, engine, &key, &table, &draft.request_id).await;
-                }
-            }
-            record(draft, &r.table, r.cells);
-            Ok(r.table)
-        }
-        (Err(e), None) => Err(e.into()),
-        (Err(e), Some((res, key))) => {
-            // The charge follows the noise, not the answer: once protection
-            // has drawn noise (the engine holds the release), a failure
-            // after it (a post-plan that cannot be evaluated on the
-            // released values, a timeout) keeps the charge, and the
-            // release is stored like any other so that the repeat is free
-            // because it was paid for.
-            let drawn = key
-                .as_deref()
-                .and_then(|k| engine.cached_release(k).map(|t| (k.to_string(), t)));
-            match drawn {
-                Some((key, table)) => {
-                    if let Err(e) = settle(state, res, true).await {
-                        engine.forget_release(&key);
-                        return Err(e);
-                    }
-                    store_release(state, caller, engine, &key, &table, &draft.request_id).await;
-                    draft.privacy_loss = table.charge_now().map(|c| c.value());
-                }
-                None => settle(state, res, false).await?,
-            }
-            Err(e.into())
-        }
-    }
-}
-
-/// Keeps a committed DP release in the state database for repeats after a
-/// restart. A failure here only means a later repeat is charged again.
-async fn store_release(
-    state: &Shared,
-    caller: &Caller,
-    engine: &Engine,
-    key: &str,
-    table: &ProtectedTable,
-    request_id: &str,
-) {
-    let Ok(bytes) = table.to_bytes() else {
-        eprintln!("agregat: request {request_id}: release not stored for repeats");
-        return;
-    };
-    let store = Arc::clone(&state.store);
-    let durable = durable_release_key(engine, key);
-    let (a, snap) = (
-        caller.pks.id().to_string(),
-        engine.snapshot().id().to_string(),
-    );
-    let put =
-        tokio::task::spawn_blocking(move || store.release_put(&durable, &a, &snap, &bytes)).await;
-    if !matches!(put, Ok(Ok(()))) {
-        eprintln!("agregat: request {request_id}: release not stored for repeats");
-    }
-}
-
-async fn settle(state: &Shared, r: Reservation, commit: bool) -> Result<(), ApiError> {
-    let store = Arc::clone(&state.store);
-    tokio::task::spawn_blocking(move || {
-        if commit {
-            store.commit(&r)
-        } else {
-            store.release(&r)
-        }
-    })
-    .await
-    .map_err(|e| ApiError::internal("budget ledger", e))??;
-    Ok(())
-}
-
-fn record(draft: &mut Draft, table: &ProtectedTable, cells: usize) {
-    let m = table.metadata();
-    draft.cells = cells as u64;
-    draft.suppressed_cells = (m.primary_suppressed + m.secondary_suppressed) as u64;
-    draft.privacy_loss = table.charge_now().map(|c| c.value());
+    let request_id = audit.request_id().to_string();
+    let mut facts = Facts::default();
+    let result = state
+        .pipeline
+        .run(&ask(caller, engine, sql, &request_id), &mut facts)
+        .await;
+    audit.release(&facts);
+    Ok(result?.table)
 }
 
 /// Encodes a release in the negotiated format.
@@ -777,12 +574,11 @@ async fn answer(
     engine: &Engine,
     sql: &str,
     format: Format,
-    draft: &mut Draft,
+    audit: &mut AuditToken,
 ) -> Result<Response, ApiError> {
-    let cacheable = matches!(
-        caller.pks.agreement.protection.method,
-        Method::CellKey { .. }
-    );
+    // Cell-key releases are deterministic: the encoded bytes are reused.
+    // A DP repeat goes through the pipeline, which serves the same release.
+    let cacheable = !caller.pks.agreement.protection().is_dp();
     let key = ResponseCache::key(
         state.policy().content_sha256(),
         caller.pks.id(),
@@ -791,26 +587,20 @@ async fn answer(
         sql,
     );
     if cacheable && let Some(hit) = state.responses.get(&key) {
-        draft.snapshot = Some(hit.snapshot.clone());
-        draft.plan_fingerprint = hit.plan_fingerprint.clone();
-        draft.elements = hit.elements.clone();
-        draft.cells = hit.cells;
-        draft.suppressed_cells = hit.suppressed_cells;
-        draft.bytes_out = hit.body.len() as u64;
-        draft.result_hash = Some(hit.body_sha256.clone());
+        audit.cached(&hit.facts, hit.body.len(), &hit.body_sha256);
         return Ok(release_response(
             hit.body.clone(),
             format,
             hit.protection.as_deref(),
-            &draft.request_id,
+            audit.request_id(),
         ));
     }
-    let mut table = release(state, caller, engine, sql, draft).await?;
+    let mut table = release(state, caller, engine, sql, audit).await?;
     if let Some(b) = budget_after(state, caller).await? {
         table = table.with_budget(b);
     }
     let bytes = output::encode(&table, format).map_err(|e| ApiError::internal("encoding", e))?;
-    draft.released(&bytes);
+    audit.released(&bytes);
     let protection = serde_json::to_string(table.metadata())
         .ok()
         .map(|j| ascii_json(&j));
@@ -820,13 +610,9 @@ async fn answer(
             key,
             CachedRelease {
                 body: body.clone(),
-                body_sha256: draft.result_hash.clone().unwrap_or_default(),
+                body_sha256: audit.result_hash().unwrap_or_default().to_string(),
                 protection: protection.clone(),
-                cells: draft.cells,
-                suppressed_cells: draft.suppressed_cells,
-                plan_fingerprint: draft.plan_fingerprint.clone(),
-                elements: draft.elements.clone(),
-                snapshot: engine.snapshot().id().to_string(),
+                facts: audit.facts().clone(),
             },
         );
     }
@@ -834,7 +620,7 @@ async fn answer(
         body,
         format,
         protection.as_deref(),
-        &draft.request_id,
+        audit.request_id(),
     ))
 }
 
@@ -861,27 +647,24 @@ fn client(addr: &ClientAddr) -> Option<String> {
 )]
 async fn query(
     State(state): State<Shared>,
-    Extension(creds): Extension<Credentials>,
-    Extension(addr): Extension<ClientAddr>,
+    Admitted { caller, mut audit }: Admitted,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut draft = Draft::begin(&state, "/v1/query", "/v1/query", client(&addr));
     let result = async {
-        let caller = admit(&state, &creds, &mut draft)?;
         let format = negotiate(raw.as_deref(), &headers)?;
         let bytes = read_body(body, state.config.limits.max_body_bytes).await?;
         let req: QueryRequest = parse_json(
             &bytes,
             r#"{"sql": "SELECT kode_kec, COUNT(*) FROM penduduk GROUP BY 1"}"#,
         )?;
-        draft.sql = Some(req.sql.clone());
+        audit.sql(&req.sql);
         let engine = choose_snapshot(&state, &caller, req.snapshot.as_deref())?;
-        answer(&state, &caller, &engine, &req.sql, format, &mut draft).await
+        answer(&state, &caller, &engine, &req.sql, format, &mut audit).await
     }
     .await;
-    audit::finish(&state, draft, result).await
+    audit.finish(result).await
 }
 
 /// Dry run: validate a query and report its cells, method, charge and
@@ -898,105 +681,91 @@ async fn query(
 )]
 async fn query_cost(
     State(state): State<Shared>,
-    Extension(creds): Extension<Credentials>,
-    Extension(addr): Extension<ClientAddr>,
+    Admitted { caller, mut audit }: Admitted,
     body: Body,
 ) -> Response {
-    let mut draft = Draft::begin(&state, "/v1/query/cost", "/v1/query/cost", client(&addr));
     let result = async {
-        let caller = admit(&state, &creds, &mut draft)?;
         let bytes = read_body(body, state.config.limits.max_body_bytes).await?;
         let req: QueryRequest = parse_json(
             &bytes,
             r#"{"sql": "SELECT kode_kec, COUNT(*) FROM penduduk GROUP BY 1"}"#,
         )?;
-        draft.sql = Some(req.sql.clone());
+        audit.sql(&req.sql);
         let engine = choose_snapshot(&state, &caller, req.snapshot.as_deref())?;
+        let request_id = audit.request_id().to_string();
+        let mut facts = Facts::default();
+        let cost = state
+            .pipeline
+            .cost(&ask(&caller, &engine, &req.sql, &request_id), &mut facts)
+            .await;
+        audit.release(&facts);
+        let cost = cost?;
         let agreement = &caller.pks.agreement;
-        let validated = validate(&engine, &caller, &req.sql, &mut draft).await?;
-        let cells = grid_cells(&engine, agreement, &validated).await?;
-        draft.cells = cells as u64;
-        check_cells(cells, agreement)?;
-        check_aggregates(&agreement.protection.method, &validated.aggregates)?;
-        let names = aggregate_names(&validated);
-        let mut resp = CostResponse {
+        let protection = agreement.protection();
+        let names = cost.plan.aggregate_names();
+        let resp = CostResponse {
             snapshot: engine.snapshot().id().to_string(),
-            cells,
-            max_cells: agreement.limits.max_cells,
-            dimensions: validated.group_keys.len(),
-            method: String::new(),
-            k: 0,
-            elements: draft.elements.clone(),
-            plan_fingerprint: draft.plan_fingerprint.clone().unwrap_or_default(),
-            max_perturbation: None,
-            measure: None,
-            charge: None,
-            margin_of_error_95: None,
-            would_reuse: false,
-            budget: None,
+            cells: cost.cells,
+            max_cells: agreement.limits().max_cells,
+            dimensions: cost.plan.group_keys().len(),
+            method: protection.method_name().into(),
+            k: protection.k(),
+            elements: facts.elements.clone(),
+            plan_fingerprint: facts.plan_fingerprint.clone().unwrap_or_default(),
+            max_perturbation: protection.ptable().map(|p| p.perturbation_bound()),
+            measure: protection.dp_budget().map(|b| b.parameter().into()),
+            charge: cost.dp.as_ref().map(|c| {
+                if cost.would_reuse {
+                    0.0
+                } else {
+                    c.charge.value()
+                }
+            }),
+            margin_of_error_95: cost.dp.as_ref().map(|c| {
+                names
+                    .iter()
+                    .zip(&c.columns)
+                    .map(|(n, c)| (n.clone(), Value::from(c.margin_of_error_95)))
+                    .collect()
+            }),
+            would_reuse: cost.would_reuse,
+            budget: match protection.is_dp() {
+                true => Some(budget_status(&state, &caller).await?),
+                false => None,
+            },
         };
-        match &agreement.protection.method {
-            Method::CellKey { ptable, k } => {
-                resp.method = "cell_key".into();
-                resp.k = *k;
-                resp.max_perturbation = Some(ptable.perturbation_bound());
-            }
-            Method::Dp { budget, k } => {
-                let cost = dp_cost(*budget, &validated.aggregates, validated.grouping_sets, *k)
-                    .map_err(|e| ApiError::internal("privacy cost", e))?;
-                let reuse =
-                    dp_release_known(&state, &engine, agreement, &validated, &draft.request_id)
-                        .await?;
-                resp.method = "dp".into();
-                resp.k = *k;
-                resp.measure = Some(budget.parameter().into());
-                resp.charge = Some(if reuse { 0.0 } else { cost.charge.value() });
-                resp.would_reuse = reuse;
-                resp.margin_of_error_95 = Some(
-                    names
-                        .iter()
-                        .zip(&cost.columns)
-                        .map(|(n, c)| (n.clone(), Value::from(c.margin_of_error_95)))
-                        .collect(),
-                );
-                resp.budget = Some(budget_status(&state, &caller).await?);
-            }
-        }
         json_response(&resp)
     }
     .await;
-    audit::finish(&state, draft, result).await
-}
-
-/// The output names of the aggregate columns: the alias the query gave
-/// each aggregate (`COUNT(*) AS n` is `n`), else the aggregate's own name.
-fn aggregate_names(v: &ValidatedPlan) -> Vec<String> {
-    v.aggregate_names()
+    audit.finish(result).await
 }
 
 /// DP: the budget after a release, for its metadata.
 async fn budget_after(state: &Shared, caller: &Caller) -> Result<Option<BudgetInfo>, ApiError> {
-    if !matches!(caller.pks.agreement.protection.method, Method::Dp { .. }) {
-        return Ok(None);
-    }
-    let b = budget_status(state, caller).await?;
-    Ok(Some(BudgetInfo {
+    let view = state
+        .pipeline
+        .budget(&caller.pks.agreement, caller.pks.budget_per_period)
+        .await?;
+    Ok(view.map(|b| BudgetInfo {
         period: b.period,
-        measure: b.measure.unwrap_or_default(),
-        allowance: b.allowance.unwrap_or(0.0),
-        spent: b.spent.unwrap_or(0.0),
-        remaining: b.remaining.unwrap_or(0.0),
+        measure: b.measure.to_string(),
+        allowance: b.allowance,
+        spent: b.spent,
+        remaining: b.remaining,
     }))
 }
 
 async fn budget_status(state: &Shared, caller: &Caller) -> Result<BudgetResponse, ApiError> {
-    let period = period_of(state.clock.today());
     let id = caller.pks.id().to_string();
-    match &caller.pks.agreement.protection.method {
-        Method::CellKey { .. } => Ok(BudgetResponse {
+    let view = state
+        .pipeline
+        .budget(&caller.pks.agreement, caller.pks.budget_per_period)
+        .await?;
+    Ok(match view {
+        None => BudgetResponse {
             agreement: id,
-            method: "cell_key".into(),
-            period,
+            method: caller.pks.agreement.protection().method_name().into(),
+            period: period_of(state.clock.today()),
             measure: None,
             allowance: None,
             spent: None,
@@ -1021,60 +790,37 @@ async fn budget_status(state: &Shared, caller: &Caller) -> Result<BudgetResponse
                 })
                 .collect(),
             note: "cell-key perturbation spends no budget: the same cell always gets the same noise, so repeating a question reveals nothing new; a margin re-estimated by many different breakdowns could be averaged, so each margin's breakdowns are remembered and a new one is refused once their average would be known to within the floor".into(),
-        }),
-        Method::Dp { budget, .. } => {
-            let store = Arc::clone(&state.store);
-            let (a, p) = (id.clone(), period.clone());
-            let spent = tokio::task::spawn_blocking(move || store.spent(&a, &p))
-                .await
-                .map_err(|e| ApiError::internal("budget ledger", e))??;
-            let store = Arc::clone(&state.store);
-            let lifetime_spent = tokio::task::spawn_blocking(move || store.lifetime_spent())
-                .await
-                .map_err(|e| ApiError::internal("budget ledger", e))??;
-            let ceiling = state.config.limits.lifetime_privacy_loss;
-            let allowance = caller.pks.budget_per_period.unwrap_or(0.0);
-            let remaining = (allowance - spent)
-                .min(ceiling - lifetime_spent)
-                .max(0.0);
-            let per_query = budget.value();
-            Ok(BudgetResponse {
-                agreement: id,
-                method: "dp".into(),
-                period,
-                measure: Some(budget.parameter().into()),
-                allowance: Some(allowance),
-                spent: Some(spent),
-                remaining: Some(remaining),
-                per_query: Some(per_query),
-                queries_left: Some(((remaining + crate::state::BUDGET_TOLERANCE) / per_query).floor() as u64),
-                lifetime: Some(LifetimeBudget {
-                    ceiling,
-                    spent: lifetime_spent,
-                    remaining: (ceiling - lifetime_spent).max(0.0),
-                }),
-                margins: Vec::new(),
-                note: "each new question charges the per-query budget; repeating an identical question returns the same release at no charge; the budget renews each six-month period".into(),
-            })
-        }
-    }
+        },
+        Some(b) => BudgetResponse {
+            agreement: id,
+            method: caller.pks.agreement.protection().method_name().into(),
+            period: b.period,
+            measure: Some(b.measure.into()),
+            allowance: Some(b.allowance),
+            spent: Some(b.spent),
+            remaining: Some(b.remaining),
+            per_query: Some(b.per_query),
+            queries_left: Some(b.queries_left),
+            lifetime: b.lifetime_ceiling.map(|ceiling| LifetimeBudget {
+                ceiling,
+                spent: b.lifetime_spent,
+                remaining: (ceiling - b.lifetime_spent).max(0.0),
+            }),
+            margins: Vec::new(),
+            note: "each new question charges the per-query budget; repeating an identical question returns the same release at no charge; the budget renews each six-month period".into(),
+        },
+    })
 }
 
-/// The shape of the information endpoints: open the audit draft, admit
-/// the caller, answer, append the audit entry.
+/// The shape of the information endpoints: answer the admitted caller,
+/// then finish the audit entry.
 async fn informed(
-    state: &Shared,
-    route: &'static str,
-    creds: &Credentials,
-    addr: &ClientAddr,
+    admitted: Admitted,
     answer: impl AsyncFnOnce(&Caller) -> Result<Response, ApiError>,
 ) -> Response {
-    let mut draft = Draft::begin(state, route, route, client(addr));
-    let result = match admit(state, creds, &mut draft) {
-        Ok(caller) => answer(&caller).await,
-        Err(e) => Err(e),
-    };
-    audit::finish(state, draft, result).await
+    let Admitted { caller, audit } = admitted;
+    let result = answer(&caller).await;
+    audit.finish(result).await
 }
 
 /// The saved queries this agreement may run, with their parameters.
@@ -1086,12 +832,8 @@ async fn informed(
     ),
     security(("bearer" = []))
 )]
-async fn list_queries(
-    State(state): State<Shared>,
-    Extension(creds): Extension<Credentials>,
-    Extension(addr): Extension<ClientAddr>,
-) -> Response {
-    informed(&state, "/v1/queries", &creds, &addr, async |caller| {
+async fn list_queries(State(state): State<Shared>, admitted: Admitted) -> Response {
+    informed(admitted, async |caller| {
         let list: Vec<SavedQueryInfo> = state
             .saved
             .iter()
@@ -1110,17 +852,7 @@ async fn list_queries(
 }
 
 fn missing_elements(caller: &Caller, elements: &[String]) -> Vec<String> {
-    let a = &caller.pks.agreement;
-    elements
-        .iter()
-        .filter(|e| {
-            !a.permits(e)
-                || catalog::column(e).is_some_and(|c| {
-                    c.needs_minister_permission() && !a.minister_permission.contains(*e)
-                })
-        })
-        .cloned()
-        .collect()
+    caller.pks.agreement.missing_elements(elements)
 }
 
 /// Run a saved query with JSON parameters (`{}` for the defaults).
@@ -1143,9 +875,8 @@ fn missing_elements(caller: &Caller, elements: &[String]) -> Vec<String> {
 )]
 async fn run_saved(
     State(state): State<Shared>,
+    Admitted { caller, mut audit }: Admitted,
     name: Result<Path<String>, axum::extract::rejection::PathRejection>,
-    Extension(creds): Extension<Credentials>,
-    Extension(addr): Extension<ClientAddr>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Body,
@@ -1160,15 +891,7 @@ async fn run_saved(
             ),
         )
     });
-    let shown: String = name.as_deref().unwrap_or("?").chars().take(64).collect();
-    let mut draft = Draft::begin(
-        &state,
-        "/v1/queries/{name}",
-        format!("/v1/queries/{shown}"),
-        client(&addr),
-    );
     let result = async {
-        let caller = admit(&state, &creds, &mut draft)?;
         let name = name?;
         let format = negotiate(raw.as_deref(), &headers)?;
         let bytes = read_body(body, state.config.limits.max_body_bytes).await?;
@@ -1186,12 +909,12 @@ async fn run_saved(
             });
         }
         let sql = saved.render(&params)?;
-        draft.sql = Some(sql.clone());
+        audit.sql(&sql);
         let engine = choose_snapshot(&state, &caller, None)?;
-        answer(&state, &caller, &engine, &sql, format, &mut draft).await
+        answer(&state, &caller, &engine, &sql, format, &mut audit).await
     }
     .await;
-    audit::finish(&state, draft, result).await
+    audit.finish(result).await
 }
 
 /// The elements, code lists and regions visible to the caller.
@@ -1203,12 +926,8 @@ async fn run_saved(
     ),
     security(("bearer" = []))
 )]
-async fn get_catalog(
-    State(state): State<Shared>,
-    Extension(creds): Extension<Credentials>,
-    Extension(addr): Extension<ClientAddr>,
-) -> Response {
-    informed(&state, "/v1/catalog", &creds, &addr, async |caller| {
+async fn get_catalog(admitted: Admitted) -> Response {
+    informed(admitted, async |caller| {
         let a = &caller.pks.agreement;
         let elements = catalog::table_columns()
             .filter(|c| a.permits(c.name))
@@ -1242,7 +961,7 @@ async fn get_catalog(
             })
             .collect();
         let mut seen = BTreeSet::new();
-        let regions = match &a.scope {
+        let regions = match &a.scope() {
             RegionScope::All => Vec::new(),
             RegionScope::Prefixes(ps) => ps
                 .iter()
@@ -1264,7 +983,7 @@ async fn get_catalog(
             agreement: caller.pks.id().to_string(),
             institution: caller.pks.institution.clone(),
             stage: caller.pks.stage.to_string(),
-            region_scope: match &a.scope {
+            region_scope: match &a.scope() {
                 RegionScope::All => vec!["all".into()],
                 RegionScope::Prefixes(p) => p.clone(),
             },
@@ -1292,12 +1011,8 @@ async fn get_catalog(
     ),
     security(("bearer" = []))
 )]
-async fn list_snapshots(
-    State(state): State<Shared>,
-    Extension(creds): Extension<Credentials>,
-    Extension(addr): Extension<ClientAddr>,
-) -> Response {
-    informed(&state, "/v1/snapshots", &creds, &addr, async |caller| {
+async fn list_snapshots(State(state): State<Shared>, admitted: Admitted) -> Response {
+    informed(admitted, async |caller| {
         let list: Vec<SnapshotInfo> = visible_snapshots(&state, caller)
             .iter()
             .enumerate()
@@ -1326,12 +1041,8 @@ async fn list_snapshots(
     ),
     security(("bearer" = []))
 )]
-async fn get_budget(
-    State(state): State<Shared>,
-    Extension(creds): Extension<Credentials>,
-    Extension(addr): Extension<ClientAddr>,
-) -> Response {
-    informed(&state, "/v1/budget", &creds, &addr, async |caller| {
+async fn get_budget(State(state): State<Shared>, admitted: Admitted) -> Response {
+    informed(admitted, async |caller| {
         json_response(&budget_status(&state, caller).await?)
     })
     .await
@@ -1397,8 +1108,9 @@ async fn fallback(
     let path: String = req.uri().path().chars().take(200).collect();
     let err = ApiError::NotFound { path: path.clone() };
     if path.starts_with("/v1") {
-        let draft = Draft::begin(&state, "unmatched", path, client(&addr));
-        audit::finish(&state, draft, Err(err)).await
+        AuditToken::begin(&state, "unmatched", path, client(&addr))
+            .finish(Err(err))
+            .await
     } else {
         state.metrics.observe(
             "unmatched",
@@ -1421,8 +1133,9 @@ async fn method_not_allowed(
         path: path.clone(),
     };
     if path.starts_with("/v1") {
-        let draft = Draft::begin(&state, "unmatched", path, client(&addr));
-        audit::finish(&state, draft, Err(err)).await
+        AuditToken::begin(&state, "unmatched", path, client(&addr))
+            .finish(Err(err))
+            .await
     } else {
         err.into_response_for("-")
     }

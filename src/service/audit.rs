@@ -1,10 +1,17 @@
-//! The audit entry of one request. A [`Draft`] is opened when a request
-//! arrives and filled in as the request gets further (agreement, SQL,
-//! plan fingerprint, snapshot, cells, privacy loss, bytes, hash of the
-//! released bytes); [`finish`] appends it to the hash chain and only then
-//! lets the response go. Every `/v1` handler ends in [`finish`], so no
-//! request can be answered without its entry. Refusals of requests that
-//! never authenticated are counted instead ([`super::refusals`]).
+//! The audit entry of one request, as a type: an [`AuditToken`] is opened
+//! when a request arrives (by the [`super::extract::Admitted`] extractor,
+//! or by hand for the routes that authenticate nobody), advanced with typed
+//! facts as the request gets further (caller, SQL, the release's
+//! [`Facts`], the released bytes), and consumed by [`AuditToken::finish`],
+//! which appends the entry to the hash chain and only then lets the
+//! response go. A token that is dropped unfinished (the client went away
+//! and the handler was cancelled, or a handler returned early by mistake)
+//! appends its entry as failed (`cancelled`) from its `Drop`: no request
+//! that reached a handler goes unrecorded. Refusals of requests that never
+//! authenticated are counted instead ([`super::refusals`]).
+//!
+//! The model is influxdb3's query-log token: the log entry is a value the
+//! request carries, not a call each handler must remember.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +24,7 @@ use sha2::{Digest, Sha256};
 
 use super::AppState;
 use super::problem::ApiError;
+use crate::release::Facts;
 use crate::state::{AuditEntry, Outcome};
 
 /// Unique request ids: the process start time (ns) and a counter, so ids
@@ -27,6 +35,7 @@ pub struct RequestIds {
 }
 
 impl RequestIds {
+    /// Ids of this process.
     pub fn new() -> RequestIds {
         RequestIds {
             start: std::time::SystemTime::now()
@@ -36,6 +45,7 @@ impl RequestIds {
         }
     }
 
+    /// The next id.
     pub fn next(&self) -> String {
         format!(
             "{:x}-{}",
@@ -51,149 +61,235 @@ impl Default for RequestIds {
     }
 }
 
-/// What is known about a request so far.
-pub struct Draft {
-    pub request_id: String,
-    pub time: DateTime<Utc>,
-    started: Instant,
-    /// Route template for metrics, e.g. `/v1/queries/{name}`.
-    pub route: &'static str,
-    /// The endpoint as logged, e.g. `/v1/queries/usia_sekolah`.
-    pub endpoint: String,
-    pub agreement: String,
-    pub token_id: String,
-    pub client_addr: Option<String>,
-    pub sql: Option<String>,
-    pub plan_fingerprint: Option<String>,
-    pub snapshot: Option<String>,
-    pub elements: Vec<String>,
-    pub cells: u64,
-    pub suppressed_cells: u64,
-    pub privacy_loss: Option<f64>,
-    pub bytes_out: u64,
-    pub result_hash: Option<String>,
-}
-
 /// Placeholder for the agreement and token of unauthenticated requests.
 pub const NOBODY: &str = "-";
 
-impl Draft {
+/// What is known about a request so far.
+struct Pending {
+    request_id: String,
+    time: DateTime<Utc>,
+    started: Instant,
+    /// Route template for metrics, e.g. `/v1/queries/{name}`.
+    route: &'static str,
+    /// The endpoint as logged, e.g. `/v1/queries/usia_sekolah`.
+    endpoint: String,
+    agreement: String,
+    token_id: String,
+    client_addr: Option<String>,
+    sql: Option<String>,
+    facts: Facts,
+    bytes_out: u64,
+    result_hash: Option<String>,
+}
+
+/// The audit entry of a request in the making. It can only be consumed by
+/// [`AuditToken::finish`] (entry appended, then the response) or dropped
+/// (entry appended as failed).
+#[must_use = "a request's audit entry is written by AuditToken::finish; a dropped token records the request as failed"]
+pub struct AuditToken {
+    state: Arc<AppState>,
+    /// `None` only once finished.
+    pending: Option<Pending>,
+}
+
+impl AuditToken {
+    /// Opens the entry of a request arriving now.
     pub fn begin(
-        state: &AppState,
+        state: &Arc<AppState>,
         route: &'static str,
         endpoint: impl Into<String>,
         client_addr: Option<String>,
-    ) -> Draft {
-        Draft {
-            request_id: state.ids.next(),
-            time: state.clock.now(),
-            started: Instant::now(),
-            route,
-            endpoint: endpoint.into(),
-            agreement: NOBODY.into(),
-            token_id: NOBODY.into(),
-            client_addr,
-            sql: None,
-            plan_fingerprint: None,
-            snapshot: None,
-            elements: Vec::new(),
-            cells: 0,
-            suppressed_cells: 0,
-            privacy_loss: None,
-            bytes_out: 0,
-            result_hash: None,
+    ) -> AuditToken {
+        AuditToken {
+            state: Arc::clone(state),
+            pending: Some(Pending {
+                request_id: state.ids.next(),
+                time: state.clock.now(),
+                started: Instant::now(),
+                route,
+                endpoint: endpoint.into().chars().take(200).collect(),
+                agreement: NOBODY.into(),
+                token_id: NOBODY.into(),
+                client_addr,
+                sql: None,
+                facts: Facts::default(),
+                bytes_out: 0,
+                result_hash: None,
+            }),
         }
     }
 
-    /// Records the released bytes (size and SHA-256).
+    fn pending(&self) -> &Pending {
+        self.pending
+            .as_ref()
+            .expect("an unfinished token has its entry")
+    }
+
+    fn pending_mut(&mut self) -> &mut Pending {
+        self.pending
+            .as_mut()
+            .expect("an unfinished token has its entry")
+    }
+
+    /// The request's id (also the ledger's reservation key).
+    pub fn request_id(&self) -> &str {
+        &self.pending().request_id
+    }
+
+    /// The authenticated caller: agreement and token id.
+    pub(super) fn admitted(&mut self, agreement: &str, token_id: &str) {
+        let p = self.pending_mut();
+        p.agreement = agreement.to_string();
+        p.token_id = token_id.to_string();
+    }
+
+    /// The SQL asked (ad hoc, or a saved query's rendering).
+    pub fn sql(&mut self, sql: &str) {
+        self.pending_mut().sql = Some(sql.to_string());
+    }
+
+    /// What the release pipeline learnt of the request (snapshot, plan,
+    /// elements, cells, privacy loss), also when it refused.
+    pub fn release(&mut self, facts: &Facts) {
+        self.pending_mut().facts.clone_from(facts);
+    }
+
+    /// The facts recorded so far.
+    pub fn facts(&self) -> &Facts {
+        &self.pending().facts
+    }
+
+    /// The released bytes (size and SHA-256).
     pub fn released(&mut self, bytes: &[u8]) {
-        self.bytes_out = bytes.len() as u64;
-        self.result_hash = Some(hex::encode(Sha256::digest(bytes)));
+        let p = self.pending_mut();
+        p.bytes_out = bytes.len() as u64;
+        p.result_hash = Some(hex::encode(Sha256::digest(bytes)));
+    }
+
+    /// A release answered from the response cache: its facts and the
+    /// size and hash of its bytes, as when it was first released.
+    pub fn cached(&mut self, facts: &Facts, bytes: usize, sha256: &str) {
+        let p = self.pending_mut();
+        p.facts.clone_from(facts);
+        p.bytes_out = bytes as u64;
+        p.result_hash = Some(sha256.to_string());
+    }
+
+    /// SHA-256 of the released bytes, once recorded.
+    pub fn result_hash(&self) -> Option<&str> {
+        self.pending().result_hash.as_deref()
+    }
+
+    /// Appends the request's audit entry, then returns the response; if the
+    /// entry cannot be written, the response is withheld and a 503 returned
+    /// (its own failure is logged for the operator).
+    pub async fn finish(mut self, result: Result<Response, ApiError>) -> Response {
+        let p = self
+            .pending
+            .take()
+            .expect("an unfinished token has its entry");
+        finish(&self.state, p, result).await
+    }
+}
+
+impl Drop for AuditToken {
+    fn drop(&mut self) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        if p.agreement == NOBODY {
+            return;
+        }
+        // The handler was dropped before its response: the client went
+        // away, or a code path forgot to finish. Either way the request is
+        // on record, as failed.
+        let request_id = p.request_id.clone();
+        let entry = entry_of(p, Outcome::Failed, Some("cancelled".to_string()));
+        let store = Arc::clone(&self.state.store);
+        let append = move || {
+            if let Err(e) = store.append(entry) {
+                eprintln!(
+                    "agregat: request {request_id}: audit entry of a cancelled request not written ({e})"
+                );
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(append);
+            }
+            Err(_) => append(),
+        }
+    }
+}
+
+/// The stored entry of a request.
+fn entry_of(p: Pending, outcome: Outcome, code: Option<String>) -> AuditEntry {
+    let accepted = outcome == Outcome::Accepted;
+    AuditEntry {
+        time: p.time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        agreement: p.agreement,
+        token_id: p.token_id,
+        endpoint: p.endpoint,
+        sql: p.sql,
+        plan_fingerprint: p.facts.plan_fingerprint,
+        snapshot: p.facts.snapshot,
+        outcome,
+        code,
+        cells: p.facts.cells,
+        suppressed_cells: p.facts.suppressed_cells,
+        privacy_loss: p.facts.privacy_loss,
+        bytes_out: if accepted { p.bytes_out } else { 0 },
+        duration_ms: p.started.elapsed().as_millis() as u64,
+        result_hash: if accepted { p.result_hash } else { None },
+        client_addr: p.client_addr,
+        request_id: Some(p.request_id),
+        elements: p.facts.elements,
     }
 }
 
 /// An unauthenticated refusal: counted per address and minute rather
 /// than appended (see [`super::refusals`]), and charged to the address's
 /// limit before authentication.
-fn refused_unauthenticated(state: &Arc<AppState>, draft: Draft, e: &ApiError) -> Response {
-    let addr = super::refusals::address_key(draft.client_addr.as_deref());
-    state.refusals.record(draft.time, &addr, e.code());
+fn refused_unauthenticated(state: &Arc<AppState>, p: Pending, e: &ApiError) -> Response {
+    let addr = super::refusals::address_key(p.client_addr.as_deref());
+    state.refusals.record(p.time, &addr, e.code());
     let per_minute = state.config.limits.unauthenticated_per_address_per_minute;
     if per_minute > 0 {
         state
             .address_limiter
             .charge(&addr, per_minute, Instant::now());
     }
-    let elapsed = draft.started.elapsed();
-    let mut response = e.response_for(&draft.request_id);
-    state.metrics.observe(
-        draft.route,
-        response.status().as_u16(),
-        Some(e.code()),
-        elapsed,
-    );
-    if let Ok(v) = HeaderValue::from_str(&draft.request_id) {
+    let elapsed = p.started.elapsed();
+    let mut response = e.response_for(&p.request_id);
+    state
+        .metrics
+        .observe(p.route, response.status().as_u16(), Some(e.code()), elapsed);
+    if let Ok(v) = HeaderValue::from_str(&p.request_id) {
         response.headers_mut().insert("x-request-id", v);
     }
     response
 }
 
-/// Appends the request's audit entry, then returns the response; if the
-/// entry cannot be written, the response is withheld and a 503 returned
-/// (its own failure is logged for the operator).
-pub async fn finish(
-    state: &Arc<AppState>,
-    draft: Draft,
-    result: Result<Response, ApiError>,
-) -> Response {
+async fn finish(state: &Arc<AppState>, p: Pending, result: Result<Response, ApiError>) -> Response {
     let (outcome, code) = match &result {
         Ok(_) => (Outcome::Accepted, None),
         Err(e) if e.is_rejection() => (Outcome::Rejected, Some(e.code().to_string())),
         Err(e) => (Outcome::Failed, Some(e.code().to_string())),
     };
     if let Err(e) = &result
-        && draft.agreement == NOBODY
+        && p.agreement == NOBODY
         && e.is_rejection()
     {
-        return refused_unauthenticated(state, draft, e);
+        return refused_unauthenticated(state, p, e);
     }
     if let Err(ApiError::Internal { context, source }) = &result {
         eprintln!(
             "agregat: request {} failed in {context}: {source}",
-            draft.request_id
+            p.request_id
         );
     }
-    let elapsed = draft.started.elapsed();
-    let entry = AuditEntry {
-        time: draft
-            .time
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        agreement: draft.agreement,
-        token_id: draft.token_id,
-        endpoint: draft.endpoint,
-        sql: draft.sql,
-        plan_fingerprint: draft.plan_fingerprint,
-        snapshot: draft.snapshot,
-        outcome,
-        code: code.clone(),
-        cells: draft.cells,
-        suppressed_cells: draft.suppressed_cells,
-        privacy_loss: draft.privacy_loss,
-        bytes_out: if outcome == Outcome::Accepted {
-            draft.bytes_out
-        } else {
-            0
-        },
-        duration_ms: elapsed.as_millis() as u64,
-        result_hash: if outcome == Outcome::Accepted {
-            draft.result_hash
-        } else {
-            None
-        },
-        client_addr: draft.client_addr,
-        request_id: Some(draft.request_id.clone()),
-        elements: draft.elements,
-    };
+    let (route, request_id, started) = (p.route, p.request_id.clone(), p.started);
+    let entry = entry_of(p, outcome, code.clone());
     let store = Arc::clone(&state.store);
     let appended = tokio::task::spawn_blocking(move || store.append(entry)).await;
     let response = match appended {
@@ -201,22 +297,22 @@ pub async fn finish(
             state.metrics.audit_appended();
             match result {
                 Ok(r) => r,
-                Err(e) => e.into_response_for(&draft.request_id),
+                Err(e) => e.into_response_for(&request_id),
             }
         }
         Ok(Err(e)) => {
             eprintln!(
                 "agregat: request {}: audit entry not written ({e}); response withheld",
-                draft.request_id
+                request_id
             );
-            ApiError::Unavailable.into_response_for(&draft.request_id)
+            ApiError::Unavailable.into_response_for(&request_id)
         }
         Err(e) => {
             eprintln!(
                 "agregat: request {}: audit task failed ({e}); response withheld",
-                draft.request_id
+                request_id
             );
-            ApiError::Unavailable.into_response_for(&draft.request_id)
+            ApiError::Unavailable.into_response_for(&request_id)
         }
     };
     let status = response.status().as_u16();
@@ -227,9 +323,9 @@ pub async fn finish(
     };
     state
         .metrics
-        .observe(draft.route, status, code.as_deref(), elapsed);
+        .observe(route, status, code.as_deref(), started.elapsed());
     let mut response = response;
-    if let Ok(v) = HeaderValue::from_str(&draft.request_id) {
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", v);
     }
     response

@@ -5,7 +5,7 @@
 //! extension whose `Debug` is redacted, so no later layer, log line or
 //! error can print it. [`admit`] then finds the token's agreement (by
 //! SHA-256, compared in constant time with every known hash, see
-//! [`crate::policy::Policy::authenticate`]), checks the agreement's
+//! [`crate::agreement::Policy::authenticate`]), checks the agreement's
 //! validity dates against today's date in WIB, and takes one request from
 //! its rate limit.
 
@@ -18,9 +18,9 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::AppState;
-use super::audit::Draft;
+use super::audit::AuditToken;
 use super::problem::ApiError;
-use crate::policy::Pks;
+use crate::agreement::Pks;
 
 /// The bearer credential of a request, taken off its headers.
 #[derive(Clone)]
@@ -89,7 +89,11 @@ pub struct Caller {
 
 /// Authenticates and admits a request; records the agreement and token id
 /// in the audit draft as soon as they are known.
-pub fn admit(state: &AppState, creds: &Credentials, draft: &mut Draft) -> Result<Caller, ApiError> {
+pub fn admit(
+    state: &AppState,
+    creds: &Credentials,
+    audit: &mut AuditToken,
+) -> Result<Caller, ApiError> {
     let token = match creds {
         Credentials::None => return Err(ApiError::TokenMissing),
         Credentials::Malformed => return Err(ApiError::TokenMalformed),
@@ -98,21 +102,8 @@ pub fn admit(state: &AppState, creds: &Credentials, draft: &mut Draft) -> Result
     };
     let policy = state.policy();
     let (pks, token_id) = policy.authenticate(token).ok_or(ApiError::TokenUnknown)?;
-    draft.agreement = pks.id().to_string();
-    draft.token_id = token_id.clone();
-    let today = state.clock.today();
-    if today > pks.valid_until {
-        return Err(ApiError::AgreementExpired {
-            agreement: pks.id().to_string(),
-            valid_until: pks.valid_until.to_string(),
-        });
-    }
-    if today < pks.valid_from {
-        return Err(ApiError::AgreementNotYetValid {
-            agreement: pks.id().to_string(),
-            valid_from: pks.valid_from.to_string(),
-        });
-    }
+    audit.admitted(pks.id(), &token_id);
+    pks.check_valid_on(state.clock.today())?;
     state
         .limiter
         .check(pks.id(), pks.requests_per_minute, Instant::now())

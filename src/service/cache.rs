@@ -32,11 +32,8 @@ pub struct CachedRelease {
     pub body: Bytes,
     pub body_sha256: String,
     pub protection: Option<String>,
-    pub cells: u64,
-    pub suppressed_cells: u64,
-    pub plan_fingerprint: Option<String>,
-    pub elements: Vec<String>,
-    pub snapshot: String,
+    /// The release's facts, for the audit entry of a repeat.
+    pub facts: crate::release::Facts,
 }
 
 #[derive(Default)]
@@ -117,14 +114,13 @@ mod tests {
                 body: Bytes::from_static(b"x"),
                 body_sha256: String::new(),
                 protection: None,
-                cells: 1,
-                suppressed_cells: 0,
-                plan_fingerprint: None,
-                elements: vec![],
-                snapshot: "s".into(),
+                facts: crate::release::Facts {
+                    cells: 1,
+                    ..Default::default()
+                },
             },
         );
-        assert_eq!(c.get(&base).unwrap().cells, 1);
+        assert_eq!(c.get(&base).unwrap().facts.cells, 1);
         assert!(c.get("other").is_none());
     }
 }

@@ -29,6 +29,7 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod conn;
+pub mod extract;
 pub mod metrics;
 pub mod problem;
 pub mod ratelimit;
@@ -41,58 +42,39 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
-use chrono::{DateTime, NaiveDate, Utc};
 
 pub use self::config::{ServiceConfig, ServiceLimits, VerifySnapshots};
 use self::metrics::Metrics;
 use self::ratelimit::RateLimiter;
-use crate::policy::{Policy, PolicyErrors};
+use crate::agreement::{Policy, PolicyErrors};
 use crate::query::{Engine, EngineConfig};
 use crate::saved::SavedQueries;
 use crate::state::{SqliteStore, StateStore, private};
 use crate::warehouse::{Snapshot, Verify};
 
-/// The service's notion of now. Tests inject a fixed clock to replay a
-/// half-year of traffic; production uses [`SystemClock`].
-pub trait Clock: Send + Sync {
-    fn now(&self) -> DateTime<Utc>;
-
-    /// Today's date in WIB (UTC+7), the calendar of the agreements.
-    fn today(&self) -> NaiveDate {
-        (self.now() + chrono::Duration::hours(7)).date_naive()
-    }
-}
-
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-}
-
-/// A settable clock for tests and replays.
-pub struct ManualClock(std::sync::Mutex<DateTime<Utc>>);
-
-impl ManualClock {
-    pub fn new(t: DateTime<Utc>) -> ManualClock {
-        ManualClock(std::sync::Mutex::new(t))
-    }
-    pub fn set(&self, t: DateTime<Utc>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = t;
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> DateTime<Utc> {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+pub use crate::calendar::{Clock, ManualClock, SystemClock};
 
 /// The client's address, as the connection saw it (no proxy headers are
 /// trusted), for the audit log.
 #[derive(Debug, Clone)]
 pub struct ClientAddr(pub Option<String>);
+
+impl ServiceError {
+    /// The category of a failure to start or run the service.
+    pub fn category(&self) -> crate::error::ErrorCategory {
+        use crate::error::ErrorCategory as C;
+        match self {
+            ServiceError::Snapshot(e) => e.category(),
+            ServiceError::SecretMismatch { .. } => C::Integrity,
+            ServiceError::State(_)
+            | ServiceError::Warehouse { .. }
+            | ServiceError::Bind { .. }
+            | ServiceError::Serve(_) => C::Io,
+            ServiceError::Engine { .. } => C::Internal,
+            _ => C::Usage,
+        }
+    }
+}
 
 /// Why the service cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +142,9 @@ pub struct AppState {
     pub query_slots: tokio::sync::Semaphore,
     /// Encoded cell-key releases by question.
     pub responses: cache::ResponseCache,
+    /// The release pipeline (with the DP release cache), on this state
+    /// and clock.
+    pub pipeline: crate::release::Pipeline,
 }
 
 impl AppState {
@@ -244,6 +229,11 @@ impl AppState {
             );
         }
         let slots = config.limits.max_concurrent_queries.max(1);
+        let pipeline = crate::release::Pipeline::new(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            Some(config.limits.lifetime_privacy_loss),
+        );
         Ok(AppState {
             config,
             snapshots,
@@ -258,6 +248,7 @@ impl AppState {
             ids: audit::RequestIds::new(),
             query_slots: tokio::sync::Semaphore::new(slots),
             responses: cache::ResponseCache::default(),
+            pipeline,
         })
     }
 

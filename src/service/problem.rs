@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::error::ErrorCategory;
 use crate::query::{Code, QueryError, RunError};
 use crate::saved::SavedError;
 use crate::state::StateError;
@@ -137,30 +138,37 @@ impl ApiError {
         }
     }
 
-    pub fn status(&self) -> StatusCode {
+    /// The category of the error; its status comes from the one table in
+    /// [`crate::error`].
+    pub fn category(&self) -> ErrorCategory {
         use ApiError as E;
+        use ErrorCategory as C;
         match self {
-            E::TokenMissing | E::TokenMalformed | E::TokenUnknown => StatusCode::UNAUTHORIZED,
+            E::TokenMissing | E::TokenMalformed | E::TokenUnknown => C::Unauthenticated,
             E::AgreementExpired { .. }
             | E::AgreementNotYetValid { .. }
             | E::StageNotAllowed { .. }
-            | E::SavedQueryNotPermitted { .. } => StatusCode::FORBIDDEN,
-            E::RateLimited { .. } | E::AddressRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            E::BudgetExhausted(_) => StatusCode::CONFLICT,
-            E::BadRequest { .. } | E::Parameter(_) | E::AmbiguousCredentials => {
-                StatusCode::BAD_REQUEST
-            }
-            E::NotAcceptable { .. } => StatusCode::NOT_ACCEPTABLE,
-            E::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            | E::SavedQueryNotPermitted { .. } => C::Forbidden,
+            E::RateLimited { .. } | E::AddressRateLimited { .. } => C::RateLimited,
+            E::BudgetExhausted(_) => C::BudgetExhausted,
+            E::BadRequest { .. } | E::Parameter(_) | E::AmbiguousCredentials => C::Usage,
+            E::NotAcceptable { .. } => C::NotAcceptable,
+            E::PayloadTooLarge { .. } => C::TooLarge,
             E::SnapshotNotFound { .. }
             | E::NoSnapshot { .. }
             | E::SavedQueryNotFound { .. }
-            | E::NotFound { .. } => StatusCode::NOT_FOUND,
-            E::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            E::Query(q) => query_status(q.code),
-            E::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            E::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | E::NotFound { .. } => C::NotFound,
+            E::MethodNotAllowed { .. } => C::MethodNotAllowed,
+            E::Query(q) => q.category(),
+            E::Internal { .. } => C::Internal,
+            E::Unavailable => C::Unavailable,
         }
+    }
+
+    /// The HTTP status, from the category.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.category().http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     /// The stable code (the gate's codes for query refusals).
@@ -259,14 +267,7 @@ impl ApiError {
 
 /// HTTP status of a query refusal.
 pub fn query_status(code: Code) -> StatusCode {
-    match code {
-        c if c.is_forbidden() => StatusCode::FORBIDDEN,
-        Code::TooManyCells | Code::SqlTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        Code::ParseError | Code::PlanError | Code::MultipleStatements | Code::InvalidValue => {
-            StatusCode::BAD_REQUEST
-        }
-        _ => StatusCode::UNPROCESSABLE_ENTITY,
-    }
+    StatusCode::from_u16(code.category().http_status()).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY)
 }
 
 impl From<RunError> for ApiError {
@@ -274,6 +275,59 @@ impl From<RunError> for ApiError {
         match e {
             RunError::Query(q) => ApiError::Query(q),
             RunError::Engine(e) => ApiError::internal("query engine", e),
+        }
+    }
+}
+
+impl From<crate::release::ReleaseError> for ApiError {
+    fn from(e: crate::release::ReleaseError) -> Self {
+        use crate::release::ReleaseError as R;
+        match e {
+            R::Run(e) => e.into(),
+            R::State(e) => e.into(),
+            R::Privacy(e) => ApiError::internal("privacy cost", e),
+            R::Task(e) => ApiError::internal("budget ledger", e),
+        }
+    }
+}
+
+impl From<crate::agreement::AccessRefusal> for ApiError {
+    fn from(e: crate::agreement::AccessRefusal) -> Self {
+        use crate::agreement::AccessRefusal as A;
+        match e {
+            A::Expired {
+                agreement,
+                valid_until,
+            } => ApiError::AgreementExpired {
+                agreement,
+                valid_until: valid_until.to_string(),
+            },
+            A::NotYetValid {
+                agreement,
+                valid_from,
+            } => ApiError::AgreementNotYetValid {
+                agreement,
+                valid_from: valid_from.to_string(),
+            },
+            A::Stage {
+                agreement,
+                stage,
+                snapshot,
+                synthetic,
+            } => ApiError::StageNotAllowed {
+                agreement,
+                stage: stage.to_string(),
+                snapshot,
+                kind: if synthetic {
+                    "synthetic"
+                } else {
+                    "production data"
+                },
+                hint: stage.snapshot_hint(),
+            },
+            e @ A::OutsideScope { .. } => {
+                ApiError::Query(QueryError::new(Code::RegionNotPermitted, e.to_string()))
+            }
         }
     }
 }

@@ -79,7 +79,7 @@ mod sqlite;
 
 pub use sqlite::SqliteStore;
 
-use chrono::{DateTime, Datelike, NaiveDate};
+use chrono::DateTime;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
@@ -405,6 +405,21 @@ pub struct LedgerRow {
     pub committed_at: Option<String>,
 }
 
+impl StateError {
+    /// Budget refusals are the caller's limit; a missing or foreign state
+    /// path a usage error; every other failure is the environment's.
+    pub fn category(&self) -> crate::error::ErrorCategory {
+        use crate::error::ErrorCategory as C;
+        match self {
+            StateError::BudgetExhausted { .. } | StateError::LifetimeExhausted { .. } => {
+                C::BudgetExhausted
+            }
+            StateError::Missing { .. } | StateError::NotState { .. } => C::Usage,
+            _ => C::Io,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error(
@@ -495,21 +510,7 @@ pub enum StateError {
     ReservationCommitted { id: i64, request_id: String },
 }
 
-/// The budget period a date falls in: January–June is `YEAR-S1`,
-/// July–December `YEAR-S2`.
-pub fn period_of(date: NaiveDate) -> String {
-    let half = if date.month() <= 6 { 1 } else { 2 };
-    format!("{}-S{half}", date.year())
-}
-
-/// Whether `period` has the form `YYYY-S1` or `YYYY-S2`.
-pub fn is_valid_period(period: &str) -> bool {
-    let b = period.as_bytes();
-    b.len() == 7
-        && b[..4].iter().all(u8::is_ascii_digit)
-        && &b[4..6] == b"-S"
-        && (b[6] == b'1' || b[6] == b'2')
-}
+pub use crate::calendar::{is_valid_period, period_of};
 
 /// SHA-256 (lower-case hex) of the canonical serialisation of a record:
 /// serde_json of a struct with this fixed field order: format version,
@@ -627,6 +628,7 @@ fn validate_amount(what: &'static str, value: f64) -> Result<(), StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::NaiveDate;
 
     #[test]
     fn periods() {

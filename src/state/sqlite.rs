@@ -162,6 +162,17 @@ impl SqliteStore {
         })
     }
 
+    /// A state database in memory, gone when the store is dropped: the
+    /// ledger of a local run ([`crate::release::Pipeline::local`]).
+    pub fn in_memory() -> Result<SqliteStore, StateError> {
+        let mut conn = Connection::open_in_memory().map_err(sq("opening an in-memory database"))?;
+        migrate(&mut conn)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            path: std::path::PathBuf::from(":memory:"),
+        })
+    }
+
     /// Opens an existing state database for reading only (`audit verify`,
     /// `audit report`): nothing is created, migrated or written. A path
     /// that does not exist is [`StateError::Missing`]; a file without the

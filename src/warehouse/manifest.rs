@@ -20,12 +20,15 @@ pub struct Manifest {
     pub coverage: Vec<String>,
     /// Rows of `penduduk`.
     pub row_count: u64,
+    /// How the `record_key` column was derived.
     pub record_key: RecordKeyInfo,
+    /// What produced the snapshot (generator or importer) and from what input.
     pub produced_by: Provenance,
     /// Every data file, `penduduk` partitions and reference tables alike.
     pub files: Vec<FileEntry>,
 }
 
+/// How a snapshot's record keys were derived, without revealing the secret.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordKeyInfo {
@@ -40,6 +43,7 @@ pub struct RecordKeyInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Provenance {
+    /// Synthetic data from `agregat generate`.
     Generator {
         tool: String,
         seed: u64,
@@ -48,6 +52,7 @@ pub enum Provenance {
         people: Option<u64>,
         rows_per_row_group: usize,
     },
+    /// Real data imported from a register CSV export with `agregat import`.
     Import {
         tool: String,
         source_file: String,
@@ -62,8 +67,11 @@ pub enum Provenance {
 pub struct FileEntry {
     /// Relative path with `/` separators.
     pub path: String,
+    /// File size in bytes.
     pub bytes: u64,
+    /// SHA-256 of the file's contents, lowercase hex.
     pub sha256: String,
+    /// Rows in the Parquet file.
     pub rows: u64,
 }
 
@@ -72,10 +80,12 @@ pub struct FileEntry {
 pub mod iso_date {
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// Writes a date as `YYYY-MM-DD`.
     pub fn serialize<S: Serializer>(d: &chrono::NaiveDate, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&d.format("%Y-%m-%d"))
     }
 
+    /// Reads a `YYYY-MM-DD` date.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<chrono::NaiveDate, D::Error> {
         let text = String::deserialize(d)?;
         chrono::NaiveDate::parse_from_str(&text, "%Y-%m-%d").map_err(|e| {

@@ -29,25 +29,48 @@ pub use writer::{PartitionWriter, PendudukBuilder, PersonRow, SnapshotWriter};
 
 use crate::catalog::{self, RegionScope};
 
+/// File name of the manifest at the root of a snapshot directory.
 pub const MANIFEST: &str = "manifest.json";
+/// Subdirectory holding the hive-partitioned `penduduk` Parquet files.
 pub const PENDUDUK_DIR: &str = "penduduk";
+/// Subdirectory holding the reference tables (`wilayah`, `kode_referensi`).
 pub const REFERENCE_DIR: &str = "referensi";
 /// Record-key algorithm name written into manifests.
 pub const RECORD_KEY_ALGORITHM: &str = "hmac-sha256-u64be";
 
+impl SnapshotError {
+    /// A wrong path or id is the caller's; a failed read the
+    /// environment's; anything else is damage.
+    pub fn category(&self) -> crate::error::ErrorCategory {
+        use crate::error::ErrorCategory as C;
+        match self {
+            SnapshotError::NotFound { .. }
+            | SnapshotError::OutputExists { .. }
+            | SnapshotError::BadId { .. }
+            | SnapshotError::ManifestMissing { .. } => C::Usage,
+            SnapshotError::Io { .. } => C::Io,
+            _ => C::Integrity,
+        }
+    }
+}
+
 /// Errors opening, verifying or writing a snapshot.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
+    /// The snapshot directory does not exist.
     #[error(
         "snapshot directory '{dir}' does not exist; list the warehouse directory to see available snapshots"
     )]
     NotFound { dir: PathBuf },
+    /// The directory has no `manifest.json`.
     #[error(
         "'{dir}' has no manifest.json, so it is not a snapshot; create snapshots with `agregat generate` or `agregat import`"
     )]
     ManifestMissing { dir: PathBuf },
+    /// `manifest.json` could not be parsed.
     #[error("manifest '{path}' is invalid: {detail}")]
     ManifestInvalid { path: PathBuf, detail: String },
+    /// The manifest was written for another `penduduk` schema version.
     #[error(
         "manifest '{path}' has schema version {found}, this agregat reads version {expected}; rebuild the snapshot with this version"
     )]
@@ -56,8 +79,10 @@ pub enum SnapshotError {
         found: u32,
         expected: u32,
     },
+    /// A file listed in the manifest is absent.
     #[error("snapshot file '{file}' listed in the manifest is missing")]
     FileMissing { file: String },
+    /// A file's size differs from the manifest.
     #[error(
         "snapshot file '{file}' is {actual} bytes, the manifest says {expected}; the file was truncated or replaced"
     )]
@@ -66,6 +91,7 @@ pub enum SnapshotError {
         expected: u64,
         actual: u64,
     },
+    /// A file's SHA-256 differs from the manifest.
     #[error(
         "snapshot file '{file}' has SHA-256 {actual}, the manifest says {expected}; the file was altered"
     )]
@@ -74,33 +100,43 @@ pub enum SnapshotError {
         expected: String,
         actual: String,
     },
+    /// A file in the snapshot directory is not listed in the manifest.
     #[error(
         "snapshot file '{file}' is not listed in the manifest; remove it, since queries would read it"
     )]
     UnlistedFile { file: String },
+    /// A Parquet file is unreadable or its columns or row count differ from
+    /// what is expected.
     #[error("snapshot file '{file}' does not have the expected schema: {detail}")]
     SchemaDrift { file: String, detail: String },
+    /// The `penduduk` files together do not hold the manifest's `row_count`.
     #[error("snapshot '{id}' holds {actual} rows, the manifest says {expected}")]
     RowCount {
         id: String,
         expected: u64,
         actual: u64,
     },
+    /// The output directory of a new snapshot already exists.
     #[error(
         "'{path}' already exists; choose a new snapshot directory (snapshots are never overwritten)"
     )]
     OutputExists { path: PathBuf },
+    /// A snapshot id that is empty, too long, starts with `.`, or holds
+    /// characters other than letters, digits, `-`, `_` and `.`.
     #[error(
         "'{id}' is not a valid snapshot id; use letters, digits, '-', '_' and '.', e.g. 'dkb-2026-s1'"
     )]
     BadId { id: String },
+    /// An I/O error on a path.
     #[error("I/O error on '{path}': {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A Parquet error reading or writing a file.
     #[error("Parquet error in '{file}': {source}")]
     Parquet { file: String, source: ParquetError },
+    /// An Arrow error building record batches.
     #[error("Arrow error: {0}")]
     Arrow(#[from] ArrowError),
 }
@@ -150,11 +186,15 @@ pub enum Verify {
 /// An opened, verified snapshot.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
+    /// The snapshot directory.
     pub dir: PathBuf,
+    /// The parsed and verified manifest.
     pub manifest: Manifest,
 }
 
 impl Snapshot {
+    /// Opens the snapshot in `dir`: reads the manifest, checks its schema
+    /// version and id, and verifies the files to the given depth.
     pub fn open(dir: &Path, verify: Verify) -> Result<Snapshot, SnapshotError> {
         if !dir.is_dir() {
             return Err(SnapshotError::NotFound {
@@ -192,14 +232,17 @@ impl Snapshot {
         Ok(snap)
     }
 
+    /// The snapshot id from the manifest.
     pub fn id(&self) -> &str {
         &self.manifest.id
     }
 
+    /// Directory of the hive-partitioned `penduduk` files.
     pub fn penduduk_dir(&self) -> PathBuf {
         self.dir.join(PENDUDUK_DIR)
     }
 
+    /// Path of the reference table `table` (`referensi/<table>.parquet`).
     pub fn reference_file(&self, table: &str) -> PathBuf {
         self.dir
             .join(REFERENCE_DIR)

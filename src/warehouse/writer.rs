@@ -39,38 +39,71 @@ const BATCH_ROWS: usize = 8 * 1024;
 /// Categorical values are the code list labels.
 #[derive(Debug, Clone, Default)]
 pub struct PersonRow<'a> {
+    /// `no_kk`: nomor KK, the family card number (element a).
     pub no_kk: &'a str,
+    /// `nik`: the 16-digit NIK (element b).
     pub nik: &'a str,
+    /// `nama_lengkap`: full name.
     pub nama_lengkap: &'a str,
+    /// `jenis_kelamin`: sex, as its code list label.
     pub jenis_kelamin: &'a str,
+    /// `tempat_lahir`: place of birth, free text.
     pub tempat_lahir: Option<&'a str>,
+    /// `tanggal_lahir`: date of birth, days since 1970-01-01.
     pub tanggal_lahir: i32,
+    /// `golongan_darah`: blood group label.
     pub golongan_darah: &'a str,
+    /// `agama`: religion label.
     pub agama: &'a str,
+    /// `status_perkawinan`: marital status label.
     pub status_perkawinan: &'a str,
+    /// `status_hubungan_keluarga`: relationship to the head of the family.
     pub status_hubungan_keluarga: &'a str,
+    /// `penyandang_cacat`: disability label (a Pasal 84 protected element).
     pub penyandang_cacat: &'a str,
+    /// `pendidikan_terakhir`: highest completed education, label.
     pub pendidikan_terakhir: &'a str,
+    /// `jenis_pekerjaan`: occupation label.
     pub jenis_pekerjaan: &'a str,
+    /// `nik_ibu`: the mother's NIK, if known.
     pub nik_ibu: Option<&'a str>,
+    /// `nama_ibu`: the mother's name, if known.
     pub nama_ibu: Option<&'a str>,
+    /// `nik_ayah`: the father's NIK, if known.
     pub nik_ayah: Option<&'a str>,
+    /// `nama_ayah`: the father's name, if known.
     pub nama_ayah: Option<&'a str>,
+    /// `alamat_sebelumnya`: previous address, if any.
     pub alamat_sebelumnya: Option<&'a str>,
+    /// `alamat`: current street address.
     pub alamat: &'a str,
+    /// `no_rt`: RT number, zero-padded to three digits.
     pub no_rt: &'a str,
+    /// `no_rw`: RW number, zero-padded to three digits.
     pub no_rw: &'a str,
+    /// `kode_prov`: Kemendagri provinsi code.
     pub kode_prov: &'a str,
+    /// `kode_kec`: Kemendagri kecamatan code.
     pub kode_kec: &'a str,
+    /// `kode_kel`: Kemendagri desa/kelurahan code.
     pub kode_kel: &'a str,
+    /// `akta_lahir`: whether there is a birth certificate (`ADA`/`TIDAK ADA`).
     pub akta_lahir: &'a str,
+    /// `no_akta_lahir`: birth certificate number, if any.
     pub no_akta_lahir: Option<&'a str>,
+    /// `akta_kawin`: whether there is a marriage certificate.
     pub akta_kawin: &'a str,
+    /// `no_akta_kawin`: marriage certificate number, if any.
     pub no_akta_kawin: Option<&'a str>,
+    /// `tanggal_kawin`: date of marriage, days since 1970-01-01, if any.
     pub tanggal_kawin: Option<i32>,
+    /// `akta_cerai`: whether there is a divorce certificate.
     pub akta_cerai: &'a str,
+    /// `no_akta_cerai`: divorce certificate number, if any.
     pub no_akta_cerai: Option<&'a str>,
+    /// `tanggal_cerai`: date of divorce, days since 1970-01-01, if any.
     pub tanggal_cerai: Option<i32>,
+    /// `record_key`: the keyed hash of the NIK (see `crate::record_key`).
     pub record_key: u64,
 }
 
@@ -94,6 +127,7 @@ impl Default for PendudukBuilder {
 }
 
 impl PendudukBuilder {
+    /// Empty builders for every `penduduk` file column.
     pub fn new() -> Self {
         PendudukBuilder {
             strings: (0..STRING_COLUMNS).map(|_| StringBuilder::new()).collect(),
@@ -105,14 +139,17 @@ impl PendudukBuilder {
         }
     }
 
+    /// Rows pushed since the last [`PendudukBuilder::finish`].
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// True when no row is pending.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    /// Appends one person to the column builders.
     pub fn push(&mut self, p: &PersonRow<'_>) {
         let s = &mut self.strings;
         s[0].append_value(p.no_kk);
@@ -335,6 +372,7 @@ impl PartitionWriter {
         })
     }
 
+    /// Appends a row, writing a batch to the file every `BATCH_ROWS` rows.
     pub fn push(&mut self, row: &PersonRow<'_>) -> Result<(), SnapshotError> {
         self.builder.push(row);
         self.rows += 1;
@@ -344,6 +382,7 @@ impl PartitionWriter {
         Ok(())
     }
 
+    /// Rows pushed so far.
     pub fn rows(&self) -> u64 {
         self.rows
     }
@@ -358,6 +397,8 @@ impl PartitionWriter {
             .map_err(|e| SnapshotError::parquet(&self.rel, e))
     }
 
+    /// Writes the pending rows, closes the file and returns its manifest
+    /// entry (size, SHA-256, rows).
     pub fn close(mut self) -> Result<FileEntry, SnapshotError> {
         self.flush_batch()?;
         close_parquet(self.writer, &self.rel, self.rows)

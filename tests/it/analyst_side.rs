@@ -13,7 +13,8 @@ use std::process::Command;
 
 use agregat::agreement::Agreement;
 use agregat::catalog::RegionScope;
-use agregat::query::{Engine, EngineConfig, run_query};
+use agregat::query::{Engine, EngineConfig};
+use agregat::release::run_query;
 use agregat::warehouse::{Snapshot, Verify};
 
 const SCRIPT: &str = r#"

@@ -15,7 +15,7 @@ fn agregat(args: &[&str]) -> (i32, String, String) {
 }
 
 const SNAPSHOT: &str = "data-samples/dkb-2026-s1";
-const AGREEMENT: &str = "data-samples/contoh-lokal.toml";
+const AGREEMENT: &str = "data-samples/lokal/contoh-lokal.toml";
 
 /// `agregat query` reads the same PKS agreement files as the service, by
 /// file or by id in a policy directory, applies their protection, and says

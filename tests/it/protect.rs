@@ -10,7 +10,8 @@ use agregat::agreement::Agreement;
 use agregat::catalog::RegionScope;
 use agregat::protect::dp::DpBudget;
 use agregat::protect::{Method, Protection, SUPPRESSION_COLUMN, SparsityRule};
-use agregat::query::{Code, QueryResult, RunError, run_query};
+use agregat::query::{Code, QueryResult, RunError};
+use agregat::release::run_query;
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::Int64Type;
 use datafusion::arrow::util::display::array_value_to_string;
@@ -31,7 +32,7 @@ fn cell_key() -> Agreement {
 /// True values, to compare against (identity ptable, k = 1).
 fn truth() -> Agreement {
     let mut a = cell_key();
-    a.protection = common::true_values();
+    a = a.with_unchecked_protection_for_tests(common::true_values());
     a
 }
 
@@ -278,13 +279,13 @@ fn sum_and_avg_need_differential_privacy() {
         .unwrap_err();
     assert!(matches!(err, RunError::Query(q) if q.code == Code::AggregateNotAllowed));
     let mut dp = cell_key();
-    dp.protection = Protection {
+    dp = dp.with_unchecked_protection_for_tests(Protection {
         method: Method::Dp {
             budget: DpBudget::ZCdp { rho: 0.5 },
             k: 10,
         },
         sparsity: SparsityRule::default(),
-    };
+    });
     let r = run(
         &dp,
         "SELECT kode_kec, COUNT(*) AS n, AVG(umur(tanggal_lahir)) AS rata_rata FROM penduduk GROUP BY 1",
@@ -338,14 +339,20 @@ fn parquet_carries_the_protection_metadata() {
 
 #[test]
 fn repeating_a_dp_query_returns_the_same_release_and_charges_nothing() {
-    let mut dp = cell_key();
-    dp.id = "dp-cache".into();
-    dp.protection = Protection {
+    let mut dp = Agreement::unrestricted("dp-cache", RegionScope::parse("61.71").unwrap());
+    dp = dp.with_unchecked_protection_for_tests(Protection {
         method: Method::Dp {
             budget: DpBudget::PureDp { epsilon: 0.3 },
             k: 10,
         },
         sparsity: SparsityRule::default(),
+    });
+    // One pipeline: its release cache serves the repeat.
+    let pipeline = agregat::release::Pipeline::local().unwrap();
+    let f = fixture();
+    let run = |a: &Agreement, sql: &str| {
+        f.rt.block_on(agregat::release::run_with(&pipeline, &f.engine, a, sql))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
     };
     let first = run(
         &dp,

@@ -10,7 +10,8 @@ use agregat::agreement::Agreement;
 use agregat::catalog::{self, ColumnClass, RegionScope};
 use agregat::protect::dp::DpBudget;
 use agregat::protect::{Method, Protection, SparsityRule};
-use agregat::query::{Engine, RunError, run_query};
+use agregat::query::{Engine, RunError};
+use agregat::release::run_query;
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::DataType;
 use proptest::prelude::*;
@@ -26,13 +27,13 @@ fn fixture() -> Fixture {
     let mut agreement = Agreement::unrestricted("prop", RegionScope::parse("61.71").unwrap());
     // Gate and grid properties: differential privacy releases SUM and AVG
     // too (cell-key does not), and noise does not change the grid.
-    agreement.protection = Protection {
+    agreement = agreement.with_unchecked_protection_for_tests(Protection {
         method: Method::Dp {
             budget: DpBudget::ZCdp { rho: 1.0 },
             k: 1,
         },
         sparsity: SparsityRule::default(),
-    };
+    });
     Fixture {
         rt: &sample.rt,
         engine: &sample.engine,
@@ -225,7 +226,7 @@ proptest! {
 fn counts_add_up_to_the_population() {
     let f = fixture();
     let mut agreement = f.agreement.clone();
-    agreement.protection = common::true_values();
+    agreement = agreement.with_unchecked_protection_for_tests(common::true_values());
     let r =
         f.rt.block_on(run_query(
             f.engine,

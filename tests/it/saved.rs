@@ -9,7 +9,8 @@ use std::sync::OnceLock;
 
 use agregat::agreement::Agreement;
 use agregat::catalog::RegionScope;
-use agregat::query::{QueryResult, run_query};
+use agregat::query::QueryResult;
+use agregat::release::run_query;
 use agregat::saved::{ParamKind, SavedError, SavedQueries, SavedQuery};
 use serde_json::{Map, Value, json};
 

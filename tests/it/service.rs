@@ -791,7 +791,7 @@ async fn policy_reloads_on_change_and_keeps_the_old_one_when_invalid() {
     let s = Server::standard().await;
     let dir = s.env.policy_dir();
     // A new token minted while the service runs starts to work.
-    let (new_token, _, _) = agregat::policy::add_token(
+    let (new_token, _, _) = agregat::agreement::add_token(
         &dir,
         "uji",
         chrono::NaiveDate::from_ymd_opt(2026, 11, 28).unwrap(),
@@ -940,7 +940,7 @@ print("ok")
 fn standard_agreements_are_valid_policy() {
     let env = common::server::Env::new(&standard_agreements());
     let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
-    let p = agregat::policy::Policy::load_dir(&env.policy_dir(), today).unwrap();
+    let p = agregat::agreement::Policy::load_dir(&env.policy_dir(), today).unwrap();
     assert_eq!(p.agreements().count(), standard_agreements().len());
     let _ = Pks::default();
 }

@@ -219,7 +219,7 @@ async fn sighup_reloads_the_policy() {
     env.config.limits.reload_poll_seconds = 3600;
     let (mut child, base) = spawn_server(&mut env).await;
     let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
-    let (new_token, _, _) = agregat::policy::add_token(&env.policy_dir(), "uji", today).unwrap();
+    let (new_token, _, _) = agregat::agreement::add_token(&env.policy_dir(), "uji", today).unwrap();
     let http = reqwest::Client::new();
     assert_eq!(
         token_status(&http, &base, &new_token).await,

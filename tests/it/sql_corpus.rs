@@ -46,7 +46,8 @@ use std::time::Instant;
 
 use agregat::agreement::{Agreement, QueryLimits};
 use agregat::catalog::{self, ColumnClass, RegionScope};
-use agregat::query::{Engine, EngineConfig, RunError, run_query};
+use agregat::query::{Engine, EngineConfig, RunError};
+use agregat::release::run_query;
 use agregat::warehouse::{Snapshot, Verify};
 use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::util::display::array_value_to_string;
@@ -321,16 +322,16 @@ fn agreements() -> BTreeMap<&'static str, Agreement> {
         sparsity: SparsityRule::default(),
     };
     for a in m.values_mut() {
-        a.protection = exact.clone();
+        *a = a.clone().with_unchecked_protection_for_tests(exact.clone());
     }
     let mut dp = Agreement::unrestricted("dp_exact", scope());
-    dp.protection = exact;
+    dp = dp.with_unchecked_protection_for_tests(exact);
     m.insert("dp_exact", dp);
     // Under the cell-key method a query must be a table: `table` is `full`
     // with an identity ptable (no perturbation), k = 1 and no sparsity
     // refusal, for the cases of tests/sql/tables.slt.
     let mut table = Agreement::unrestricted("table", scope());
-    table.protection = common::true_values();
+    table = table.with_unchecked_protection_for_tests(common::true_values());
     m.insert("table", table);
     m
 }

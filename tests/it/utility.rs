@@ -14,8 +14,9 @@ use std::collections::HashMap;
 use agregat::agreement::Agreement;
 use agregat::catalog::RegionScope;
 use agregat::generate::{GenerateOptions, generate};
-use agregat::query::{Engine, EngineConfig, run_query};
+use agregat::query::{Engine, EngineConfig};
 use agregat::record_key::RecordKeySecret;
+use agregat::release::run_query;
 use agregat::saved::SavedQueries;
 use agregat::warehouse::{Snapshot, Verify};
 use datafusion::arrow::array::{Array, AsArray};
@@ -85,7 +86,7 @@ fn usia_sekolah_withheld_share_and_error() {
 fn measure(what: &str, rt: &tokio::runtime::Runtime, engine: &Engine, sql: &str) {
     let scope = RegionScope::parse("61.71").unwrap();
     let mut truth = Agreement::unrestricted("truth", scope.clone());
-    truth.protection = common::true_values();
+    truth = truth.with_unchecked_protection_for_tests(common::true_values());
     let disdik = Agreement::unrestricted("disdik", scope);
     let t = table(&rt.block_on(run_query(engine, &truth, sql)).unwrap());
     let r = table(&rt.block_on(run_query(engine, &disdik, sql)).unwrap());

@@ -15,7 +15,7 @@ pub fn token(id: &str) -> String {
 }
 
 fn sha(token: &str) -> String {
-    agregat::policy::token_sha256_hex(token)
+    agregat::agreement::token_sha256_hex(token)
 }
 
 /// Elements of a broad agreement (no protected element).

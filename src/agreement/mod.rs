@@ -1,17 +1,31 @@
-//! Agreements (PKS): what one institution may ask.
+//! Agreements (PKS): what one institution may ask, and every access rule.
 //!
-//! An agreement lists the permitted elements (catalog column names), the
-//! Minister's permissions for protected elements, the region scope and the
-//! per-query limits. The query gate takes it as an input to validation. The
-//! service adds tokens, stage, validity and the protection method on top.
+//! Owns: the agreement ([`Agreement`], the query gate's and protection's
+//! part, and [`Pks`], the whole file), its one file format (the PKS TOML of
+//! a policy directory, [`policy`]), and the access rules: the stage rule
+//! ([`Stage::may_query`]), the validity dates ([`Pks::check_valid_on`]),
+//! permitted elements and the Minister's permission
+//! ([`Agreement::missing_elements`]), region scope and snapshot overlap
+//! ([`Pks::check_snapshot`]), the per-query limits ([`QueryLimits`]) and
+//! the protection parameters (checked by the file checks; an `Agreement`
+//! has private fields, so nothing can change them afterwards).
 
 use std::collections::BTreeSet;
 use std::path::Path;
+
+use chrono::NaiveDate;
 
 use serde::Deserialize;
 
 use crate::catalog::{self, RegionScope, UnknownRegion};
 use crate::protect::Protection;
+
+pub mod policy;
+
+pub use policy::{
+    DEFAULT_REQUESTS_PER_MINUTE, Pks, Policy, PolicyErrors, PolicyIssue, Stage, TOKEN_PREFIX,
+    TokenEntry, add_token, load_demo_tokens, mint_token, token_sha256_hex,
+};
 
 /// Per-query limits.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -41,26 +55,19 @@ impl Default for QueryLimits {
 /// The parts of an agreement the query gate and protection enforce.
 #[derive(Debug, Clone)]
 pub struct Agreement {
-    pub id: String,
+    id: String,
     /// Permitted `penduduk` columns, by catalog name.
-    pub permitted: BTreeSet<String>,
+    permitted: BTreeSet<String>,
     /// Protected columns the Minister has permitted (Pasal 84).
-    pub minister_permission: BTreeSet<String>,
-    pub scope: RegionScope,
-    pub limits: QueryLimits,
+    minister_permission: BTreeSet<String>,
+    scope: RegionScope,
+    limits: QueryLimits,
     /// How released cells are protected.
-    pub protection: Protection,
+    protection: Protection,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgreementError {
-    #[error("cannot read agreement file '{path}': {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("agreement file '{path}' is invalid: {message}")]
-    Syntax { path: String, message: String },
     #[error(
         "agreement '{id}': '{column}' is not a column of the element catalog; use catalog names such as 'jenis_kelamin', 'kode_kel' or 'tanggal_lahir'"
     )]
@@ -71,29 +78,16 @@ pub enum AgreementError {
     NotProtected { id: String, column: String },
     #[error("agreement '{id}': {source}")]
     Region { id: String, source: UnknownRegion },
-    #[error("agreement '{id}': [protection]: {message}")]
-    Protection { id: String, message: String },
+    #[error(
+        "agreement '{id}': [limits] {limit} = 0 would refuse every query; use a positive number"
+    )]
+    ZeroLimit { id: String, limit: &'static str },
     #[error("agreement '{id}': '{column}' can never be permitted: {reason}")]
     NeverPermitted {
         id: String,
         column: String,
         reason: &'static str,
     },
-}
-
-/// The file form of the gate's part of an agreement (TOML).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AgreementFile {
-    id: String,
-    permitted_elements: Vec<String>,
-    #[serde(default)]
-    minister_permission: Vec<String>,
-    region_scope: Vec<String>,
-    #[serde(default)]
-    limits: QueryLimits,
-    #[serde(default)]
-    protection: Option<ProtectionFile>,
 }
 
 /// `[protection]` of an agreement file.
@@ -112,7 +106,7 @@ struct AgreementFile {
 /// Files cannot switch protection off: k must be at least 3, a ptable must
 /// pass `agregat ptable check` with a maximum perturbation of at least 1.
 ///
-/// The service's policy files (`crate::policy`) reuse this section through
+/// The service's policy files (`crate::agreement`) reuse this section through
 /// [`ProtectionFile::build_keyed`], which also names the offending key.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -137,14 +131,6 @@ pub(crate) fn default_k() -> u64 {
 }
 
 impl ProtectionFile {
-    fn build(self, id: &str, base: Option<&Path>) -> Result<Protection, AgreementError> {
-        self.build_keyed(base)
-            .map_err(|(_, message)| AgreementError::Protection {
-                id: id.to_string(),
-                message,
-            })
-    }
-
     /// Builds the protection; an error names the key it is about
     /// (`"method"`, `"k"`, `"ptable"`, `"rho"`, `"epsilon"`,
     /// `"sparsity_max_ones"` or `"sparsity_max_ones_twos"`) and says what is
@@ -153,8 +139,8 @@ impl ProtectionFile {
         self,
         base: Option<&Path>,
     ) -> Result<Protection, (&'static str, String)> {
+        use crate::protect::SparsityRule;
         use crate::protect::dp::DpBudget;
-        use crate::protect::{Method, SparsityRule};
         if self.k < 3 {
             return Err((
                 "k",
@@ -184,17 +170,14 @@ impl ProtectionFile {
                 .sparsity_max_ones_twos
                 .unwrap_or(defaults.max_ones_twos_share),
         };
-        let method = match self.method.as_str() {
+        let protection = match self.method.as_str() {
             "cell_key" => {
                 if self.rho.is_some() || self.epsilon.is_some() {
                     let key = if self.rho.is_some() { "rho" } else { "epsilon" };
                     return Err((key, "rho and epsilon belong to method = \"dp\"".into()));
                 }
                 let ptable = match &self.ptable {
-                    None => match Protection::default_cell_key().method {
-                        Method::CellKey { ptable, .. } => ptable,
-                        Method::Dp { .. } => unreachable!("default is cell-key"),
-                    },
+                    None => None,
                     Some(p) => {
                         let path = base.map_or_else(|| p.clone(), |b| b.join(p));
                         let bad = |message: String| ("ptable", message);
@@ -220,10 +203,10 @@ impl ProtectionFile {
                                 path.display()
                             )));
                         }
-                        std::sync::Arc::new(t)
+                        Some(std::sync::Arc::new(t))
                     }
                 };
-                Method::CellKey { ptable, k: self.k }
+                Protection::cell_key(ptable, self.k, sparsity)
             }
             "dp" => {
                 let budget = match (self.rho, self.epsilon) {
@@ -243,7 +226,7 @@ impl ProtectionFile {
                 if self.ptable.is_some() {
                     return Err(("ptable", "ptable belongs to method = \"cell_key\"".into()));
                 }
-                Method::Dp { budget, k: self.k }
+                Protection::dp(budget, self.k, sparsity)
             }
             other => {
                 return Err((
@@ -252,7 +235,7 @@ impl ProtectionFile {
                 ));
             }
         };
-        Ok(Protection { method, sparsity })
+        Ok(protection)
     }
 }
 
@@ -300,6 +283,19 @@ impl Agreement {
                 }
             }
         }
+        for (name, value) in [
+            ("max_group_dimensions", limits.max_group_dimensions as u64),
+            ("max_cells", limits.max_cells as u64),
+            ("max_sql_bytes", limits.max_sql_bytes as u64),
+            ("timeout_seconds", limits.timeout_seconds),
+        ] {
+            if value == 0 {
+                return Err(AgreementError::ZeroLimit {
+                    id: id.into(),
+                    limit: name,
+                });
+            }
+        }
         Ok(Agreement {
             id: id.to_string(),
             permitted,
@@ -313,109 +309,200 @@ impl Agreement {
     /// Every storable element, Minister's permission included, for a scope.
     /// For tests and local exploration only.
     pub fn unrestricted(id: &str, scope: RegionScope) -> Agreement {
+        Agreement::unrestricted_with_limits(id, scope, QueryLimits::default())
+            .expect("catalog names and default limits are valid")
+    }
+
+    /// [`Agreement::unrestricted`] with other limits (benches).
+    pub fn unrestricted_with_limits(
+        id: &str,
+        scope: RegionScope,
+        limits: QueryLimits,
+    ) -> Result<Agreement, AgreementError> {
         let all = catalog::table_columns()
             .filter(|c| c.class != catalog::ColumnClass::RecordKey)
             .map(|c| c.name);
-        Agreement::new(id, all, ["penyandang_cacat"], scope, QueryLimits::default())
-            .expect("catalog names are valid")
+        Agreement::new(id, all, ["penyandang_cacat"], scope, limits)
     }
 
-    pub fn load(path: &Path) -> Result<Agreement, AgreementError> {
-        let text = std::fs::read_to_string(path).map_err(|source| AgreementError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse_in(&text, &path.display().to_string(), path.parent())
-    }
-
-    pub fn parse(text: &str, origin: &str) -> Result<Agreement, AgreementError> {
-        Self::parse_in(text, origin, None)
-    }
-
-    /// Parses an agreement; relative ptable paths resolve against `base`.
-    fn parse_in(
-        text: &str,
-        origin: &str,
-        base: Option<&Path>,
-    ) -> Result<Agreement, AgreementError> {
-        let f: AgreementFile = toml::from_str(text).map_err(|e| AgreementError::Syntax {
-            path: origin.to_string(),
-            message: e.to_string(),
-        })?;
-        let scope = RegionScope::parse(&f.region_scope.join(",")).map_err(|source| {
-            AgreementError::Region {
-                id: f.id.clone(),
-                source,
-            }
-        })?;
-        let mut a = Agreement::new(
-            &f.id,
-            f.permitted_elements,
-            f.minister_permission,
-            scope,
-            f.limits,
-        )?;
-        if let Some(p) = f.protection {
-            a.protection = p.build(&f.id, base)?;
-        }
-        Ok(a)
-    }
-
+    /// Whether the agreement permits this `penduduk` column.
     pub fn permits(&self, column: &str) -> bool {
         self.permitted.contains(column)
     }
+
+    /// The agreement's id (`[a-z0-9-]`), shown in the audit log.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Permitted `penduduk` columns, by catalog name.
+    pub fn permitted(&self) -> &BTreeSet<String> {
+        &self.permitted
+    }
+
+    /// Protected columns the Minister has permitted (Pasal 84).
+    pub fn minister_permission(&self) -> &BTreeSet<String> {
+        &self.minister_permission
+    }
+
+    /// The regions the agreement may see.
+    pub fn scope(&self) -> &RegionScope {
+        &self.scope
+    }
+
+    /// The per-query limits.
+    pub fn limits(&self) -> &QueryLimits {
+        &self.limits
+    }
+
+    /// How released cells are protected.
+    pub fn protection(&self) -> &Protection {
+        &self.protection
+    }
+
+    /// The same agreement with a protection that passed the file checks
+    /// ([`ProtectionFile::build_keyed`]) or is the default.
+    pub(crate) fn with_protection(mut self, protection: Protection) -> Agreement {
+        self.protection = protection;
+        self
+    }
+
+    /// The same agreement with *any* protection, including ones that the
+    /// file checks refuse (identity, k = 1). Only for measuring protection
+    /// against the truth in tests and benches; no agreement file can
+    /// produce it.
+    #[doc(hidden)]
+    pub fn with_unchecked_protection_for_tests(mut self, protection: Protection) -> Agreement {
+        self.protection = protection;
+        self
+    }
+
+    /// The elements of a query (or saved query) the agreement does not
+    /// permit: not listed, or protected without the Minister's permission.
+    pub fn missing_elements(&self, elements: &[String]) -> Vec<String> {
+        elements
+            .iter()
+            .filter(|e| {
+                !self.permits(e)
+                    || catalog::column(e).is_some_and(|c| {
+                        c.needs_minister_permission() && !self.minister_permission.contains(*e)
+                    })
+            })
+            .cloned()
+            .collect()
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Why an authenticated caller may not use an agreement now, or not on a
+/// snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccessRefusal {
+    /// After `valid_until`.
+    #[error(
+        "agreement '{agreement}' expired on {valid_until}; no data can be released under it until the PKS is renewed"
+    )]
+    Expired {
+        /// The agreement.
+        agreement: String,
+        /// Its last day.
+        valid_until: NaiveDate,
+    },
+    /// Before `valid_from`.
+    #[error("agreement '{agreement}' is valid only from {valid_from}; try again from that date")]
+    NotYetValid {
+        /// The agreement.
+        agreement: String,
+        /// Its first day.
+        valid_from: NaiveDate,
+    },
+    /// The stage rule.
+    #[error(
+        "agreement '{agreement}' is at stage '{stage}' and snapshot '{snapshot}' is {}; {}",
+        if *synthetic { "synthetic" } else { "production data" },
+        stage.snapshot_hint()
+    )]
+    Stage {
+        /// The agreement.
+        agreement: String,
+        /// Its stage.
+        stage: Stage,
+        /// The snapshot asked for.
+        snapshot: String,
+        /// Whether that snapshot is synthetic.
+        synthetic: bool,
+    },
+    /// The snapshot covers no region of the agreement's scope.
+    #[error(
+        "snapshot '{snapshot}' covers {coverage}, outside the scope of agreement '{agreement}' ({scope})"
+    )]
+    OutsideScope {
+        /// The agreement.
+        agreement: String,
+        /// The snapshot asked for.
+        snapshot: String,
+        /// What the snapshot covers.
+        coverage: String,
+        /// What the agreement may see.
+        scope: String,
+    },
+}
 
-    #[test]
-    fn parses_and_rejects_unknown_names() {
-        let a = Agreement::parse(
-            "id = \"x\"\npermitted_elements = [\"jenis_kelamin\", \"kode_kel\"]\nregion_scope = [\"61.71\"]\n",
-            "t",
-        )
-        .unwrap();
-        assert!(a.permits("kode_kel"));
-        assert_eq!(a.limits.max_cells, 100_000);
-        let e = Agreement::parse(
-            "id = \"x\"\npermitted_elements = [\"sidik_jari\"]\nregion_scope = [\"61.71\"]\n",
-            "t",
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("'sidik_jari'"), "{e}");
-        let e = Agreement::parse(
-            "id = \"x\"\npermitted_elements = [\"record_key\"]\nregion_scope = [\"61.71\"]\n",
-            "t",
-        )
-        .unwrap_err();
-        assert!(matches!(e, AgreementError::NeverPermitted { .. }));
-        for (body, needle) in [
-            ("[protection]\nk = 1\n", "at least 3"),
-            ("[protection]\nmethod = \"dp\"\n", "exactly one of rho"),
-            ("[protection]\nmethod = \"dp\"\nrho = -1.0\n", "-1"),
-            ("[protection]\nmethod = \"noise\"\n", "unknown method"),
-        ] {
-            let text =
-                format!("id = \"x\"\npermitted_elements = []\nregion_scope = [\"61.71\"]\n{body}");
-            let e = Agreement::parse(&text, "t").unwrap_err().to_string();
-            assert!(e.contains(needle), "{e}");
+impl AccessRefusal {
+    /// The category of the refusal (all are the agreement's rules).
+    pub fn category(&self) -> crate::error::ErrorCategory {
+        crate::error::ErrorCategory::Forbidden
+    }
+}
+
+impl Pks {
+    /// The validity rule: from `valid_from` to `valid_until`, both days
+    /// included (WIB days).
+    pub fn check_valid_on(&self, day: NaiveDate) -> Result<(), AccessRefusal> {
+        if day > self.valid_until {
+            return Err(AccessRefusal::Expired {
+                agreement: self.id().to_string(),
+                valid_until: self.valid_until,
+            });
         }
-        let a = Agreement::parse(
-            "id = \"x\"\npermitted_elements = []\nregion_scope = [\"61.71\"]\n[protection]\nmethod = \"dp\"\nepsilon = 0.5\n",
-            "t",
-        )
-        .unwrap();
-        assert!(matches!(
-            a.protection.method,
-            crate::protect::Method::Dp { .. }
-        ));
-        let e = Agreement::parse(
-            "id = \"x\"\npermitted_elements = []\nregion_scope = [\"61.71\"]\nfoo = 1\n",
-            "t",
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("foo"), "{e}");
+        if day < self.valid_from {
+            return Err(AccessRefusal::NotYetValid {
+                agreement: self.id().to_string(),
+                valid_from: self.valid_from,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the agreement may query a snapshot: the stage rule, then
+    /// region overlap.
+    pub fn check_snapshot(
+        &self,
+        snapshot: &str,
+        synthetic: bool,
+        coverage: &RegionScope,
+    ) -> Result<(), AccessRefusal> {
+        if !self.stage.may_query(synthetic) {
+            return Err(AccessRefusal::Stage {
+                agreement: self.id().to_string(),
+                stage: self.stage,
+                snapshot: snapshot.to_string(),
+                synthetic,
+            });
+        }
+        if !self.agreement.scope.overlaps(coverage) {
+            return Err(AccessRefusal::OutsideScope {
+                agreement: self.id().to_string(),
+                snapshot: snapshot.to_string(),
+                coverage: coverage.describe(),
+                scope: self.agreement.scope.describe(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether a snapshot is visible to the agreement at all (stage and
+    /// overlap), for listings.
+    pub fn sees(&self, synthetic: bool, coverage: &RegionScope) -> bool {
+        self.check_snapshot("", synthetic, coverage).is_ok()
     }
 }

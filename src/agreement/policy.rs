@@ -134,6 +134,14 @@ impl Stage {
             Stage::Production => !synthetic_snapshot,
         }
     }
+
+    /// What a refusal by the stage rule suggests.
+    pub fn snapshot_hint(self) -> &'static str {
+        match self {
+            Stage::Trial => "trial agreements may query synthetic snapshots only",
+            Stage::Production => "production agreements may query production snapshots only",
+        }
+    }
 }
 
 impl fmt::Display for Stage {
@@ -173,13 +181,9 @@ pub struct Pks {
 }
 
 impl Pks {
+    /// The agreement's id.
     pub fn id(&self) -> &str {
-        &self.agreement.id
-    }
-
-    /// True from `valid_from` to `valid_until`, both days included.
-    pub fn is_valid_on(&self, day: NaiveDate) -> bool {
-        self.valid_from <= day && day <= self.valid_until
+        self.agreement.id()
     }
 }
 
@@ -1121,14 +1125,14 @@ fn check_file(path: &Path, text: &str, today: NaiveDate) -> FileCheck {
         }
     };
     let ministers: Vec<String> = minister_names.iter().map(|s| s.to_string()).collect();
-    let mut agreement = match Agreement::new(&id, permitted, ministers, scope, limits) {
+    let agreement = match Agreement::new(&id, permitted, ministers, scope, limits) {
         Ok(a) => a,
         Err(e) => {
             c.push(None, e.to_string());
             return c;
         }
     };
-    agreement.protection = protection;
+    let agreement = agreement.with_protection(protection);
     let text_of = |v: &Option<Spanned<String>>| v.as_ref().map(|s| s.get_ref().trim().to_string());
     c.pks = Some(Pks {
         agreement,
@@ -1228,7 +1232,7 @@ fn check_protection(
     };
     match file.build_keyed(base) {
         Ok(p) => {
-            let is_dp = matches!(p.method, crate::protect::Method::Dp { .. });
+            let is_dp = p.is_dp();
             (Some(p), if is_dp && budget_ok { budget } else { None })
         }
         Err((key, message)) => {
@@ -1476,8 +1480,8 @@ mod tests {
             assert_eq!(pks.id(), id);
             assert_eq!(pks.tokens.len(), 1);
             assert_eq!(pks.tokens[0].id, token_id);
-            assert!(pks.is_valid_on(today()), "{id}");
-            assert_eq!(pks.agreement.scope, RegionScope::parse("61.71").unwrap());
+            assert!(pks.check_valid_on(today()).is_ok(), "{id}");
+            assert_eq!(pks.agreement.scope(), &RegionScope::parse("61.71").unwrap());
             assert!(token.starts_with(TOKEN_PREFIX) && token.len() == 68);
         }
         let get = |id: &str| policy.get(id).unwrap();
@@ -1485,29 +1489,25 @@ mod tests {
         assert_eq!(disdik.stage, Stage::Trial);
         assert_eq!(disdik.requests_per_minute, 6000);
         assert_eq!(disdik.budget_per_period, None);
-        assert!(matches!(
-            disdik.agreement.protection.method,
-            crate::protect::Method::CellKey { k: 10, .. }
-        ));
+        let d = disdik.agreement.protection();
+        assert!(!d.is_dp() && d.k() == 10);
         assert!(disdik.agreement.permits("tanggal_lahir"));
         let bappeda = get("bappeda-pontianak");
         assert_eq!(bappeda.stage, Stage::Trial);
         assert_eq!(bappeda.budget_per_period, Some(1.0));
-        assert!(matches!(
-            bappeda.agreement.protection.method,
-            crate::protect::Method::Dp { .. }
-        ));
+        assert!(bappeda.agreement.protection().is_dp());
         assert!(bappeda.agreement.permits("no_kk"));
         assert!(!bappeda.agreement.permits("nik"));
         assert!(!bappeda.agreement.permits("penyandang_cacat"));
         assert_eq!(get("dpmptsp-pontianak").stage, Stage::Production);
         let dinsos = get("dinsos-pontianak-ujicoba");
         assert_eq!(dinsos.stage, Stage::Trial);
-        assert!(!dinsos.is_valid_on(day(2027, 3, 1)));
-        assert!(dinsos.is_valid_on(day(2027, 2, 28)));
-        assert!(!dinsos.is_valid_on(day(2026, 8, 31)));
-        // The gate-only sample stays loadable by Agreement::load.
-        Agreement::load(&shipped().join("contoh-lokal.toml")).unwrap();
+        assert!(dinsos.check_valid_on(day(2027, 3, 1)).is_err());
+        assert!(dinsos.check_valid_on(day(2027, 2, 28)).is_ok());
+        assert!(dinsos.check_valid_on(day(2026, 8, 31)).is_err());
+        // The data owner's local agreement is a PKS file like the others.
+        let local = Policy::load_dir(&shipped().join("lokal"), today()).unwrap();
+        assert!(local.get("contoh-lokal").is_some());
     }
 
     #[test]
