@@ -18,6 +18,15 @@ pub(super) enum Command {
         #[arg(long, default_value = "agregat-state")]
         state: PathBuf,
     },
+    /// Seal the live audit chain into a read-only segment file
+    /// (`audit-segments/` in the state directory); the chain continues
+    /// from its head and `audit verify` checks every segment.
+    Seal {
+        /// State directory where `agregat serve` ran (or its state.sqlite);
+        /// never created.
+        #[arg(long, default_value = "agregat-state")]
+        state: PathBuf,
+    },
     /// The six-monthly monitoring report (monev) for Disdukcapil.
     Report(ReportArgs),
 }
@@ -55,6 +64,21 @@ pub(super) struct ReportArgs {
 pub(super) fn run(c: Command) -> Result<(), Error> {
     match c {
         Command::Verify { state } => verify(&state),
+        Command::Seal { state } => {
+            match crate::state::seal_segment(&state)? {
+                Some(seal) => println!(
+                    "sealed entries {}..={} ({} entries) into {}, head {}, sha256 {}",
+                    seal.first_seq,
+                    seal.last_seq,
+                    seal.entries,
+                    seal.relative_path(),
+                    seal.head_hash,
+                    seal.sha256
+                ),
+                None => println!("nothing to seal: the live audit chain is empty"),
+            }
+            Ok(())
+        }
         Command::Report(a) => {
             let bytes = build_report(&a)?;
             write_out(a.out.as_deref(), &bytes)

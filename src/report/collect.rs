@@ -1,7 +1,8 @@
 //! Gathering the report's inputs from the service's state and policy: the
-//! verified chain, the audit records of the window (by WIB day), every
-//! ledger row of every agreement involved, and each agreement's PKS
-//! details.
+//! verified chain (every sealed segment and the live log), the audit
+//! records of the window (by WIB day, across segments), the counts of
+//! unauthenticated refusals of the window, every ledger row of every
+//! agreement involved, and each agreement's PKS details.
 
 use chrono::NaiveDate;
 
@@ -39,6 +40,7 @@ pub fn from_state(
     let chain = store.verify()?;
     let (lo, hi) = window_bounds(from, to);
     let records = store.entries(Some(&lo), Some(&hi))?;
+    let refusals = store.refusals(Some(&lo), Some(&hi))?;
     let agreements: Vec<AgreementInfo> = policy.agreements().map(|p| agreement_info(p)).collect();
     let mut ids: std::collections::BTreeSet<String> =
         agreements.iter().map(|a| a.id.clone()).collect();
@@ -56,5 +58,6 @@ pub fn from_state(
         records: &records,
         agreements: &agreements,
         ledger: &ledger,
+        refusals: &refusals,
     }))
 }

@@ -103,6 +103,34 @@ pub(super) fn render(r: &Report) -> Result<Vec<u8>, ReportError> {
         out.row("snapshots", "", "requests", &snap.snapshot, snap.requests)?;
         out.row("snapshots", "", "accepted", &snap.snapshot, snap.accepted)?;
     }
+    let u = &r.unauthenticated;
+    out.row("unauthenticated", "", "refusals", "", u.total)?;
+    out.row("unauthenticated", "", "addresses", "", u.addresses)?;
+    for code in &u.by_code {
+        out.row(
+            "unauthenticated",
+            "",
+            "refusals_by_code",
+            &code.code,
+            code.count,
+        )?;
+    }
+    for a in &u.top_addresses {
+        out.row(
+            "unauthenticated",
+            "",
+            "refusals_by_address",
+            &a.address,
+            a.count,
+        )?;
+        out.row(
+            "unauthenticated",
+            "",
+            "minutes_by_address",
+            &a.address,
+            a.minutes,
+        )?;
+    }
 
     for a in &r.agreements {
         agreement(&mut out, a)?;

@@ -11,6 +11,7 @@ pub(super) const H_SUMMARY: &str = "Ringkasan";
 pub(super) const H_WEEKLY: &str = "Permintaan per Minggu (ISO)";
 pub(super) const H_TOP_CODES: &str = "Kode Penolakan Teratas";
 pub(super) const H_SNAPSHOTS: &str = "Snapshot yang Digunakan";
+pub(super) const H_UNAUTH: &str = "Permintaan Tanpa Autentikasi";
 pub(super) const H_FINDINGS: &str = "Temuan";
 pub(super) const H_IDENTITY: &str = "Identitas";
 pub(super) const H_REQUESTS: &str = "Permintaan";
@@ -308,6 +309,63 @@ fn summary<'a>(r: &'a Report, b: &mut Vec<Block<'a>>) {
                 .snapshots
                 .iter()
                 .map(|s| vec![Cell::Code(s.snapshot.clone()), n(s.requests), n(s.accepted)])
+                .collect(),
+        });
+    }
+    b.push(Block::EndSection);
+
+    let u = &r.unauthenticated;
+    b.push(Block::Section {
+        id: "tanpa-autentikasi".into(),
+        heading: H_UNAUTH.into(),
+        page_break: false,
+    });
+    if r.agreement_filter.is_some() {
+        b.push(Block::Para(
+            Style::Plain,
+            "Tidak ditampilkan: permintaan tanpa autentikasi tidak termasuk perjanjian mana pun."
+                .into(),
+        ));
+    } else if u.total == 0 {
+        b.push(Block::Para(
+            Style::Plain,
+            "Tidak ada permintaan tanpa autentikasi yang ditolak.".into(),
+        ));
+    } else {
+        b.push(Block::Para(
+            Style::Plain,
+            format!(
+                "{} penolakan dari {} alamat. Dihitung per alamat, menit dan kode (bukan satu entri log audit per permintaan); tidak ada data yang dirilis kepada mereka.",
+                text::int(u.total),
+                text::int(u.addresses)
+            ),
+        ));
+        b.push(Block::Table {
+            head: strings(&["Kode", "Jumlah"]),
+            rows: u
+                .by_code
+                .iter()
+                .map(|c| vec![Cell::Code(c.code.clone()), n(c.count)])
+                .collect(),
+        });
+        b.push(Block::Table {
+            head: strings(&["Alamat", "Penolakan", "Menit", "Kode terbanyak"]),
+            rows: u
+                .top_addresses
+                .iter()
+                .map(|a| {
+                    let addr = if a.address.is_empty() {
+                        "(tidak diketahui)".to_string()
+                    } else {
+                        a.address.clone()
+                    };
+                    vec![
+                        Cell::Code(addr),
+                        n(a.count),
+                        n(a.minutes),
+                        Cell::Code(a.top_code.clone()),
+                    ]
+                })
                 .collect(),
         });
     }

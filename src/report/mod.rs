@@ -117,7 +117,9 @@ use std::str::FromStr;
 use chrono::{DateTime, Duration, FixedOffset, NaiveDate, NaiveTime};
 use serde::Serialize;
 
-use crate::state::{AuditRecord, ChainReport, LedgerRow, LedgerState, Outcome, period_of};
+use crate::state::{
+    AuditRecord, ChainReport, LedgerRow, LedgerState, Outcome, RefusalCount, period_of,
+};
 
 pub use detect::{SqlTemplate, sql_template};
 
@@ -149,6 +151,8 @@ pub const OFFICE_END_HOUR: u32 = 16;
 pub const OFF_HOURS_BURST_MIN: u64 = 10;
 /// Rows of the top rejection codes table.
 pub const TOP_CODES: usize = 10;
+/// Rows of the table of addresses with the most unauthenticated refusals.
+pub const TOP_ADDRESSES: usize = 10;
 
 /// One agreement as the policy files describe it; filled by the caller.
 #[derive(Debug, Clone, PartialEq)]
@@ -187,6 +191,9 @@ pub struct ReportInput<'a> {
     pub agreements: &'a [AgreementInfo],
     /// Every ledger row, of every agreement.
     pub ledger: &'a [LedgerRow],
+    /// Unauthenticated refusals counted per address, minute and code
+    /// (`refusal_counts`), of the window (see [`window_bounds`]).
+    pub refusals: &'a [RefusalCount],
 }
 
 /// RFC 3339 UTC bounds `[start, end)` of the WIB days `from..=to`, for
@@ -224,6 +231,8 @@ pub struct Report {
     pub top_rejection_codes: Vec<CodeCount>,
     /// Requests per snapshot id.
     pub snapshots: Vec<SnapshotUse>,
+    /// Unauthenticated refusals (counted, not in the chain).
+    pub unauthenticated: Unauthenticated,
     pub agreements: Vec<AgreementReport>,
     /// The detection rules, printed as footnotes.
     pub rules: Vec<Rule>,
@@ -280,6 +289,34 @@ pub struct Summary {
 pub struct CodeCount {
     pub code: String,
     pub count: u64,
+}
+
+/// Refusals of requests that never authenticated (no, a malformed, an
+/// unknown or a doubled token, an unknown `/v1` route, the per-address
+/// limit, a body too slow, a disk too full). They are counted per client
+/// address, minute and code rather than logged one audit entry each, and
+/// belong to no agreement: with an agreement filter they are not shown.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Unauthenticated {
+    pub total: u64,
+    /// Every code, most frequent first.
+    pub by_code: Vec<CodeCount>,
+    /// Distinct client addresses (IPv6: /64).
+    pub addresses: u64,
+    /// The addresses with the most refusals, at most [`TOP_ADDRESSES`].
+    pub top_addresses: Vec<AddressCount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AddressCount {
+    /// `""` when the address was unknown; `*` for the addresses counted
+    /// together once the service held too many distinct ones.
+    pub address: String,
+    pub count: u64,
+    /// Minutes with at least one refusal.
+    pub minutes: u64,
+    /// Its most frequent code.
+    pub top_code: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -709,6 +746,11 @@ pub fn build(input: &ReportInput) -> Report {
             .then_with(|| a.snapshot.cmp(&b.snapshot))
     });
 
+    let unauthenticated = match input.agreement_filter {
+        Some(_) => Unauthenticated::default(),
+        None => unauthenticated(input),
+    };
+
     Report {
         chain: chain_summary(input.chain),
         title: TITLE.to_string(),
@@ -726,8 +768,66 @@ pub fn build(input: &ReportInput) -> Report {
         weekly: Weekly { weeks, series },
         top_rejection_codes: top,
         snapshots,
+        unauthenticated,
         agreements,
         rules: rules(),
+    }
+}
+
+/// Totals per code and the top addresses of the refusal counts whose
+/// minute falls on a day of the window (WIB).
+fn unauthenticated(input: &ReportInput) -> Unauthenticated {
+    let mut by_code: BTreeMap<&str, u64> = BTreeMap::new();
+    // address -> (count, minutes, count per code)
+    type PerAddress<'a> = (u64, BTreeSet<&'a str>, BTreeMap<&'a str, u64>);
+    let mut by_addr: BTreeMap<&str, PerAddress> = BTreeMap::new();
+    let mut total = 0u64;
+    for c in input.refusals {
+        let in_window = detect::parse_wib(&c.minute)
+            .is_some_and(|at| (input.from..=input.to).contains(&at.date_naive()));
+        if !in_window {
+            continue;
+        }
+        total += c.count;
+        *by_code.entry(&c.code).or_default() += c.count;
+        let a = by_addr.entry(&c.client_addr).or_default();
+        a.0 += c.count;
+        a.1.insert(&c.minute);
+        *a.2.entry(&c.code).or_default() += c.count;
+    }
+    let mut codes: Vec<CodeCount> = by_code
+        .into_iter()
+        .map(|(code, count)| CodeCount {
+            code: code.to_string(),
+            count,
+        })
+        .collect();
+    codes.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.code.cmp(&b.code)));
+    let addresses = by_addr.len() as u64;
+    let mut top: Vec<AddressCount> = by_addr
+        .into_iter()
+        .map(|(address, (count, minutes, codes))| AddressCount {
+            address: address.to_string(),
+            count,
+            minutes: minutes.len() as u64,
+            top_code: codes
+                .iter()
+                .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+                .map(|(c, _)| c.to_string())
+                .unwrap_or_default(),
+        })
+        .collect();
+    top.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then_with(|| a.address.cmp(&b.address))
+    });
+    top.truncate(TOP_ADDRESSES);
+    Unauthenticated {
+        total,
+        by_code: codes,
+        addresses,
+        top_addresses: top,
     }
 }
 

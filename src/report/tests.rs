@@ -256,6 +256,7 @@ fn input<'a>(f: &'a Fixture, chain: &'a ChainReport) -> ReportInput<'a> {
         records: &f.records,
         agreements: &f.agreements,
         ledger: &f.ledger,
+        refusals: &[],
     }
 }
 
@@ -1248,4 +1249,109 @@ fn indonesian_number_formatting() {
     assert_eq!(text::pct(None), "—");
     assert_eq!(text::num(1234.5), "1.234,5");
     assert_eq!(text::num(0.25), "0,25");
+}
+
+fn refusal(minute: &str, addr: &str, code: &str, count: u64) -> crate::state::RefusalCount {
+    crate::state::RefusalCount {
+        minute: minute.into(),
+        client_addr: addr.into(),
+        code: code.into(),
+        count,
+    }
+}
+
+#[test]
+fn unauthenticated_refusals_by_code_and_address_in_every_format() {
+    let f = fixture();
+    let chain = intact(f.records.len() as u64);
+    let refusals = vec![
+        refusal("2026-03-03T03:00:00Z", "10.0.0.9", "token_unknown", 500),
+        refusal("2026-03-03T03:01:00Z", "10.0.0.9", "token_unknown", 400),
+        refusal("2026-03-03T03:01:00Z", "10.0.0.9", "rate_limited", 9000),
+        refusal("2026-03-04T03:00:00Z", "2001:db8:0:1::", "token_missing", 7),
+        refusal("2026-03-04T03:00:00Z", "", "request_timeout", 2),
+        // 2026-06-30 17:00 UTC is 1 July WIB: outside the window.
+        refusal("2026-06-30T17:00:00Z", "10.0.0.8", "token_unknown", 1000),
+    ];
+    let mut inp = input(&f, &chain);
+    inp.refusals = &refusals;
+    let r = build(&inp);
+    let u = &r.unauthenticated;
+    assert_eq!(u.total, 9909);
+    assert_eq!(u.addresses, 3);
+    let codes: Vec<(&str, u64)> = u
+        .by_code
+        .iter()
+        .map(|c| (c.code.as_str(), c.count))
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            ("rate_limited", 9000),
+            ("token_unknown", 900),
+            ("token_missing", 7),
+            ("request_timeout", 2)
+        ]
+    );
+    let top = &u.top_addresses[0];
+    assert_eq!(
+        (
+            top.address.as_str(),
+            top.count,
+            top.minutes,
+            top.top_code.as_str()
+        ),
+        ("10.0.0.9", 9900, 2, "rate_limited")
+    );
+    assert_eq!(u.top_addresses.len(), 3);
+
+    let html = html_of(&r);
+    assert!(
+        html.contains(&format!(">{}</h", html::esc(doc::H_UNAUTH))),
+        "{html}"
+    );
+    assert!(
+        html.contains("10.0.0.9") && html.contains("9.900"),
+        "Indonesian figures"
+    );
+    let md = md_of(&r);
+    assert!(md.contains(doc::H_UNAUTH) && md.contains("2001:db8:0:1::") && md.contains("9.909"));
+    let rows = csv_rows(&r);
+    assert_eq!(
+        csv_value(&rows, "unauthenticated", "", "refusals", ""),
+        "9909"
+    );
+    assert_eq!(
+        csv_value(
+            &rows,
+            "unauthenticated",
+            "",
+            "refusals_by_code",
+            "token_unknown"
+        ),
+        "900"
+    );
+    assert_eq!(
+        csv_value(
+            &rows,
+            "unauthenticated",
+            "",
+            "refusals_by_address",
+            "10.0.0.9"
+        ),
+        "9900"
+    );
+    let j = json_of(&r);
+    assert_eq!(j["unauthenticated"]["total"], 9909);
+    assert_eq!(
+        j["unauthenticated"]["top_addresses"][0]["address"],
+        "10.0.0.9"
+    );
+    assert_eq!(j["unauthenticated"]["by_code"][0]["code"], "rate_limited");
+
+    // They belong to no agreement: a filtered report leaves them out.
+    inp.agreement_filter = Some("bappeda");
+    let r = build(&inp);
+    assert_eq!(r.unauthenticated.total, 0);
+    assert!(!md_of(&r).contains("10.0.0.9"));
 }

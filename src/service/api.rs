@@ -1064,6 +1064,14 @@ async fn readyz(State(state): State<Shared>) -> Response {
     let ok = tokio::task::spawn_blocking(move || store.spent("-", "2000-S1"))
         .await
         .is_ok_and(|r| r.is_ok());
+    if let Some(reason) = super::disk::not_ready(&state) {
+        return super::conn::problem_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "disk_low",
+            reason,
+            "readyz",
+        );
+    }
     if ok && !state.snapshots().is_empty() && state.policy().agreements().next().is_some() {
         (StatusCode::OK, "ready\n").into_response()
     } else {

@@ -23,10 +23,12 @@
 //! shutdown_grace_seconds = 30     # in-flight requests finish within this
 //! header_read_timeout_seconds = 10  # a request head arrives within this
 //! idle_timeout_seconds = 60       # idle kept-alive connections closed after
+//! body_read_timeout_seconds = 30  # a request body arrives within this of its head (else 408)
 //! max_connections = 0             # 0: below the file-descriptor limit
 //! max_connections_per_address = 256 # behind a proxy: raise to max_connections
 //! unauthenticated_per_address_per_minute = 120  # then 429 before authentication
 //! lifetime_privacy_loss = 5.0     # per-person zCDP ρ ceiling, all agreements, all periods
+//! min_free_disk_mb = 512          # below this free on the state's filesystem: /readyz and /v1 answer 503
 //! ```
 //!
 //! At a connection cap, the longest idle connection is closed to admit the
@@ -40,8 +42,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-/// The SQLite file inside a state directory.
-pub const STATE_FILE: &str = "state.sqlite";
+pub use crate::state::STATE_FILE;
 
 /// Resource limits of the service as a whole.
 #[derive(Debug, Clone, Deserialize)]
@@ -59,6 +60,9 @@ pub struct ServiceLimits {
     pub header_read_timeout_seconds: u64,
     /// A kept-alive connection with no request is closed after this long.
     pub idle_timeout_seconds: u64,
+    /// A request body must be complete this long after its head, or the
+    /// request is answered 408 and the connection closed.
+    pub body_read_timeout_seconds: u64,
     /// Open connections at most; 0: as many as the file-descriptor limit
     /// allows (less a reserve). Always kept below that limit.
     pub max_connections: usize,
@@ -73,6 +77,10 @@ pub struct ServiceLimits {
     /// are in every snapshot, so their loss adds up across all of them.
     /// Each agreement's `budget_per_period` is carved out of it.
     pub lifetime_privacy_loss: f64,
+    /// Free space (MiB) the state directory's filesystem must keep: below
+    /// it `/readyz` answers 503 and `/v1` requests are refused with 503
+    /// `disk_low` before anything is written (see [`super::disk`]).
+    pub min_free_disk_mb: u64,
 }
 
 impl Default for ServiceLimits {
@@ -87,10 +95,12 @@ impl Default for ServiceLimits {
             shutdown_grace_seconds: 30,
             header_read_timeout_seconds: 10,
             idle_timeout_seconds: 60,
+            body_read_timeout_seconds: 30,
             max_connections: 0,
             max_connections_per_address: 256,
             unauthenticated_per_address_per_minute: 120,
             lifetime_privacy_loss: 5.0,
+            min_free_disk_mb: 512,
         }
     }
 }

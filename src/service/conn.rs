@@ -17,8 +17,16 @@
 //! - **idle timeout** ([`ConnConfig::idle`], 60 s): a kept-alive connection
 //!   with no request in flight and no byte of a new one is closed this
 //!   long after its last response.
-//! - A connection with a request in flight is never closed by either: the
-//!   query timeout and the body limit bound the request itself.
+//! - **body read timeout** ([`ConnConfig::body_read`], 30 s): a request's
+//!   body (at most the body limit) must arrive within this time of its
+//!   head. The body is read here, before the router sees the request; a
+//!   client that trickles or stalls it is answered `408` with a problem
+//!   document (`request_timeout`) and the connection is closed. The
+//!   refusal is counted like the unauthenticated ones (per address and
+//!   minute, [`super::refusals`]), not written one audit row each.
+//! - A connection with a request in flight is otherwise never closed by
+//!   either timeout: the body read timeout, the query timeout and the body
+//!   limit bound the request itself.
 //! - hyper's own header-read timer is set to the sum of both, as a
 //!   backstop.
 //!
@@ -63,6 +71,7 @@ pub const FD_RESERVE: u64 = 256;
 pub struct ConnConfig {
     pub header_read: Duration,
     pub idle: Duration,
+    pub body_read: Duration,
     pub max_connections: usize,
     pub max_per_address: usize,
 }
@@ -83,6 +92,7 @@ impl ConnConfig {
         ConnConfig {
             header_read: Duration::from_secs(l.header_read_timeout_seconds.max(1)),
             idle: Duration::from_secs(l.idle_timeout_seconds.max(1)),
+            body_read: Duration::from_secs(l.body_read_timeout_seconds.max(1)),
             max_connections,
             max_per_address: l.max_connections_per_address.clamp(1, max_connections),
         }
@@ -326,7 +336,7 @@ pub struct Connections {
     refused: AtomicU64,
     /// Idle connections closed to make room for a new one.
     evicted: AtomicU64,
-    /// Connections closed by the header-read or idle timeout.
+    /// Connections closed by the header-read, body-read or idle timeout.
     timed_out: AtomicU64,
 }
 
@@ -531,6 +541,146 @@ impl Served {
     }
 }
 
+/// A problem document (RFC 9457) answered outside the router, with the
+/// request id as `instance` and in `x-request-id`.
+pub(super) fn problem_response(
+    status: axum::http::StatusCode,
+    code: &'static str,
+    detail: String,
+    request_id: &str,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let problem = super::problem::Problem {
+        r#type: format!("urn:agregat:problem:{code}"),
+        title: status.canonical_reason().unwrap_or("Error").to_string(),
+        status: status.as_u16(),
+        detail,
+        code: code.to_string(),
+        instance: format!("urn:agregat:request:{request_id}"),
+        param: None,
+    };
+    let mut resp = (
+        status,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            super::problem::PROBLEM_JSON,
+        )],
+        serde_json::to_vec(&problem).unwrap_or_default(),
+    )
+        .into_response();
+    if let Ok(v) = axum::http::HeaderValue::from_str(request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// A request body as read within the body-read timeout.
+enum BodyRead {
+    /// The whole body, or its first `limit + 1` bytes when it is longer
+    /// (the router refuses it as too large).
+    Read(axum::body::Bytes),
+    /// Not complete within the timeout.
+    TimedOut,
+    /// The client broke off or sent a malformed body.
+    Broken(String),
+}
+
+/// Reads at most `limit + 1` bytes of `body`, giving up at `deadline`.
+async fn read_body_within(
+    mut body: hyper::body::Incoming,
+    limit: usize,
+    deadline: tokio::time::Instant,
+) -> BodyRead {
+    use http_body::Body as _;
+    let mut buf: Vec<u8> = Vec::new();
+    if body.is_end_stream() {
+        return BodyRead::Read(buf.into());
+    }
+    loop {
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
+        match tokio::time::timeout_at(deadline, frame).await {
+            Err(_) => return BodyRead::TimedOut,
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return BodyRead::Broken(e.to_string()),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    let room = (limit + 1).saturating_sub(buf.len());
+                    buf.extend_from_slice(&data[..data.len().min(room)]);
+                    if buf.len() > limit {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    BodyRead::Read(buf.into())
+}
+
+impl Served {
+    /// A problem document answered by the connection layer itself (no
+    /// router, no audit row: the refusal is counted per address and
+    /// minute), closing the connection.
+    fn refuse_body(
+        &self,
+        peer: SocketAddr,
+        status: axum::http::StatusCode,
+        code: &'static str,
+        detail: String,
+        took: Duration,
+    ) -> axum::response::Response {
+        let addr = address_key(peer.ip()).to_string();
+        self.state
+            .refusals
+            .record(self.state.clock.now(), &addr, code);
+        self.state
+            .metrics
+            .observe("body-read", status.as_u16(), Some(code), took);
+        let id = self.state.ids.next();
+        let mut resp = problem_response(status, code, detail, &id);
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        resp
+    }
+
+    /// The request with its body read within the body-read timeout, or
+    /// the response that refuses it.
+    async fn with_body(
+        &self,
+        req: hyper::Request<hyper::body::Incoming>,
+        peer: SocketAddr,
+        timeout: Duration,
+    ) -> Result<axum::extract::Request, axum::response::Response> {
+        let started = tokio::time::Instant::now();
+        let limit = self.state.config.limits.max_body_bytes;
+        let (parts, body) = req.into_parts();
+        match read_body_within(body, limit, started + timeout).await {
+            BodyRead::Read(bytes) => Ok(axum::extract::Request::from_parts(
+                parts,
+                Body::from(bytes),
+            )),
+            BodyRead::TimedOut => Err(self.refuse_body(
+                peer,
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {} s of the request head; send the whole body at once (at most {limit} bytes)",
+                    timeout.as_secs()
+                ),
+                started.elapsed(),
+            )),
+            BodyRead::Broken(e) => Err(self.refuse_body(
+                peer,
+                axum::http::StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("cannot read the request body: {e}"),
+                started.elapsed(),
+            )),
+        }
+    }
+}
+
 async fn serve_one(
     stream: TcpStream,
     peer: SocketAddr,
@@ -546,16 +696,26 @@ async fn serve_one(
         state: Arc::clone(&state),
     });
     let svc_state = Arc::clone(&state);
+    let svc_conns = Arc::clone(&conns);
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let in_flight = svc_state.begin();
         req.extensions_mut().insert(ConnectInfo(peer));
         let served = Arc::clone(&served);
+        let timed_out = Arc::clone(&svc_conns);
         async move {
             let resp = match served.refuse_before_auth(&req, peer) {
                 Some(r) => r,
-                None => match served.app.clone().oneshot(req).await {
-                    Ok(r) => r,
-                    Err(never) => match never {},
+                None => match served.with_body(req, peer, cfg.body_read).await {
+                    Err(refused) => {
+                        if refused.status() == axum::http::StatusCode::REQUEST_TIMEOUT {
+                            timed_out.timed_out.fetch_add(1, Ordering::Relaxed);
+                        }
+                        refused
+                    }
+                    Ok(req) => match served.app.clone().oneshot(req).await {
+                        Ok(r) => r,
+                        Err(never) => match never {},
+                    },
                 },
             };
             Ok::<_, Infallible>(resp.map(|inner| {
@@ -636,6 +796,7 @@ mod tests {
         let cfg = ConnConfig {
             header_read: Duration::from_secs(1),
             idle: Duration::from_secs(1),
+            body_read: Duration::from_secs(1),
             max_connections: 3,
             max_per_address: 2,
         };

@@ -1,6 +1,7 @@
 //! Prometheus text metrics: requests by route and status, rejections by
 //! code, latency histograms by route, open, evicted, refused and timed-out
-//! connections, and (filled in at scrape time) the
+//! connections, the free space of the state directory's filesystem, and
+//! (filled in at scrape time) the
 //! privacy loss charged by all agreements against the lifetime ceiling
 //! (nothing per agreement: that is the monitoring report's).
 
@@ -35,6 +36,8 @@ pub struct Metrics {
     inner: Mutex<Inner>,
     /// The open connections (the server registers them here).
     pub connections: std::sync::Arc<super::conn::Connections>,
+    /// The state directory's free space, read at scrape time.
+    pub disk: std::sync::OnceLock<super::disk::DiskCheck>,
 }
 
 impl Metrics {
@@ -150,7 +153,7 @@ impl Metrics {
             (
                 "agregat_connections_timed_out_total",
                 "counter",
-                "Connections closed by the header-read or idle timeout.",
+                "Connections closed by the header-read, body-read or idle timeout.",
                 c.timed_out,
             ),
         ] {
@@ -169,6 +172,9 @@ impl Metrics {
             out,
             "# HELP agregat_lifetime_privacy_ceiling The per-person privacy-loss ceiling (rho).\n# TYPE agregat_lifetime_privacy_ceiling gauge\nagregat_lifetime_privacy_ceiling {ceiling}"
         );
+        if let Some(d) = self.disk.get() {
+            out.push_str(&super::disk::render_metrics(&d.read()));
+        }
         out
     }
 }

@@ -29,6 +29,7 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod conn;
+pub mod disk;
 pub mod extract;
 pub mod metrics;
 pub mod problem;
@@ -234,13 +235,18 @@ impl AppState {
             Arc::clone(&clock),
             Some(config.limits.lifetime_privacy_loss),
         );
+        let metrics = Metrics::default();
+        let _ = metrics.disk.set(disk::DiskCheck::new(
+            &config.state,
+            config.limits.min_free_disk_mb,
+        ));
         Ok(AppState {
             config,
             snapshots,
             policy: RwLock::new(Arc::new(policy)),
             store,
             saved,
-            metrics: Metrics::default(),
+            metrics,
             limiter: RateLimiter::default(),
             address_limiter: RateLimiter::default(),
             refusals: refusals::Refusals::default(),
@@ -318,7 +324,10 @@ fn snapshot_dirs(dir: &Path) -> Result<Vec<PathBuf>, ServiceError> {
 
 /// The router over shared state (`oneshot`-testable).
 pub fn router(state: Arc<AppState>) -> Router {
-    api::routes(Arc::clone(&state))
+    api::routes(Arc::clone(&state)).layer(axum::middleware::from_fn_with_state(
+        Arc::clone(&state),
+        disk::guard,
+    ))
 }
 
 /// Reloads the policy on SIGHUP and when the directory changes.
@@ -444,11 +453,19 @@ pub async fn run_until_signal(state: Arc<AppState>) -> Result<(), ServiceError> 
     }
     let c = state.connection_limits();
     eprintln!(
-        "agregat: connections: at most {} open, {} per client address; request heads within {} s, idle connections closed after {} s",
+        "agregat: connections: at most {} open, {} per client address; request heads within {} s, bodies within {} s of their head, idle connections closed after {} s",
         c.max_connections,
         c.max_per_address,
         c.header_read.as_secs(),
+        c.body_read.as_secs(),
         c.idle.as_secs()
+    );
+    let d = disk::check(&state).read();
+    eprintln!(
+        "agregat: state disk: {} free, at least {} MiB required ([limits] min_free_disk_mb)",
+        d.free
+            .map_or("unknown".to_string(), |f| format!("{} MiB", f >> 20)),
+        d.min_free >> 20
     );
     let server = start(state).await?;
     eprintln!("agregat: listening on http://{}", server.addr);

@@ -40,6 +40,10 @@
 //!   before it, so rows were deleted, reordered or replaced;
 //! - [`BreakReason::Unreadable`]: a value cannot be decoded at all.
 //!
+//! The log can be rotated into sealed, read-only segment files
+//! ([`segments`], `agregat audit seal`); verification then walks every
+//! segment, the links between them and the live chain as one chain.
+//!
 //! SQLite triggers also refuse `UPDATE` and `DELETE` on the table, which
 //! stops mistakes but not an attacker with the file: the hash chain is what
 //! detects that. The chain alone cannot detect the *last* records being cut
@@ -75,8 +79,13 @@
 //! nothing releases them automatically.
 
 pub mod private;
+/// The SQLite file inside a state directory.
+pub const STATE_FILE: &str = "state.sqlite";
+
+pub mod segments;
 mod sqlite;
 
+pub use segments::{Seal, seal_segment};
 pub use sqlite::SqliteStore;
 
 use chrono::DateTime;
@@ -351,6 +360,43 @@ pub enum BreakReason {
     SequenceGap { expected: u64 },
     #[error("record cannot be decoded: {detail}")]
     Unreadable { detail: String },
+    #[error(
+        "sealed segment {segment} (entries {first} to {last}) is missing; restore it from a backup of the state directory"
+    )]
+    SegmentMissing {
+        segment: String,
+        first: u64,
+        last: u64,
+    },
+    #[error("in sealed segment {segment}: {reason}")]
+    InSegment {
+        segment: String,
+        reason: Box<BreakReason>,
+    },
+    #[error(
+        "sealed segment {segment} ends at entry {found_last}, its seal at {sealed_last}: entries were cut off or the file was replaced"
+    )]
+    SegmentCut {
+        segment: String,
+        sealed_last: u64,
+        found_last: u64,
+    },
+    #[error(
+        "sealed segment {segment} was altered after it was sealed (SHA-256 sealed {sealed}, found {found})"
+    )]
+    SegmentAltered {
+        segment: String,
+        sealed: String,
+        found: String,
+    },
+    #[error(
+        "the seal of segment {segment} does not follow the one before it (it starts at entry {found_first}, expected {expected_first}): seals were removed, reordered or replaced"
+    )]
+    SealOutOfOrder {
+        segment: String,
+        expected_first: u64,
+        found_first: u64,
+    },
 }
 
 /// A pending charge against a budget, returned by [`StateStore::reserve`].

@@ -96,9 +96,35 @@ CREATE TABLE margin_memory (
     PRIMARY KEY (agreement, snapshot, margin, partition)
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- Sealed audit segments (src/state/segments.rs): the entries first_seq..=
+-- last_seq live in the read-only file audit-segments/<file>, whose SHA-256
+-- is recorded here; the live chain continues from head_hash.
+CREATE TABLE audit_seals (
+    segment       INTEGER PRIMARY KEY,
+    first_seq     INTEGER NOT NULL,
+    last_seq      INTEGER NOT NULL,
+    prev_hash     TEXT    NOT NULL,
+    head_hash     TEXT    NOT NULL,
+    entries       INTEGER NOT NULL,
+    first_time_ms INTEGER NOT NULL,
+    last_time_ms  INTEGER NOT NULL,
+    file          TEXT    NOT NULL UNIQUE,
+    sha256        TEXT    NOT NULL,
+    sealed_at     TEXT    NOT NULL
+);
+CREATE TRIGGER audit_seals_no_update BEFORE UPDATE ON audit_seals
+BEGIN SELECT RAISE(ABORT, 'audit_seals is append-only'); END;
+CREATE TRIGGER audit_seals_no_delete BEFORE DELETE ON audit_seals
+BEGIN SELECT RAISE(ABORT, 'audit_seals is append-only'); END;
+DROP TRIGGER audit_log_no_delete;
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+WHEN OLD.seq > (SELECT COALESCE(MAX(last_seq), 0) FROM audit_seals)
+BEGIN SELECT RAISE(ABORT, 'audit_log is append-only: only entries sealed into a segment leave it'); END;
+"#,
 ];
 
-const AUDIT_COLUMNS: &str = "seq, time, time_ms, agreement, token_id, endpoint, sql, \
+pub(super) const AUDIT_COLUMNS: &str = "seq, time, time_ms, agreement, token_id, endpoint, sql, \
     plan_fingerprint, snapshot, outcome, code, cells, suppressed_cells, privacy_loss, \
     bytes_out, duration_ms, result_hash, client_addr, request_id, elements, prev_hash, hash";
 
@@ -113,7 +139,7 @@ pub struct SqliteStore {
     path: PathBuf,
 }
 
-fn sq(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StateError {
+pub(super) fn sq(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StateError {
     move |source| StateError::Sqlite { context, source }
 }
 
@@ -233,7 +259,7 @@ impl SqliteStore {
 
     /// The connection. A panic while it was held cannot leave a transaction
     /// open (rusqlite rolls back on drop), so a poisoned lock is recovered.
-    fn lock(&self) -> MutexGuard<'_, Connection> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -274,13 +300,13 @@ fn migrate(conn: &mut Connection) -> Result<(), StateError> {
     tx.commit().map_err(sq("committing the schema migration"))
 }
 
-fn to_i64(v: u64) -> i64 {
+pub(super) fn to_i64(v: u64) -> i64 {
     // validate_entry has checked every count fits.
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// A row as stored, before it is checked.
-struct RawAudit {
+pub(super) struct RawAudit {
     seq: i64,
     time_ms: i64,
     outcome: String,
@@ -289,7 +315,7 @@ struct RawAudit {
     record: AuditRecord,
 }
 
-fn read_audit_row(r: &Row<'_>) -> rusqlite::Result<RawAudit> {
+pub(super) fn read_audit_row(r: &Row<'_>) -> rusqlite::Result<RawAudit> {
     Ok(RawAudit {
         seq: r.get(0)?,
         time_ms: r.get(2)?,
@@ -326,7 +352,7 @@ fn read_audit_row(r: &Row<'_>) -> rusqlite::Result<RawAudit> {
 
 impl RawAudit {
     /// Checks the values that the SQL types do not, and builds the record.
-    fn decode(self) -> Result<AuditRecord, String> {
+    pub(super) fn decode(self) -> Result<AuditRecord, String> {
         let mut rec = self.record;
         rec.seq = u64::try_from(self.seq).map_err(|_| format!("seq {} is negative", self.seq))?;
         rec.entry.outcome = Outcome::parse(&self.outcome)
@@ -375,7 +401,7 @@ fn read_ledger_row(r: &Row<'_>) -> rusqlite::Result<(LedgerRow, String)> {
 }
 
 /// A time bound in milliseconds: `default` when absent.
-fn time_bound(v: Option<&str>, default: i64) -> Result<i64, StateError> {
+pub(super) fn time_bound(v: Option<&str>, default: i64) -> Result<i64, StateError> {
     match v {
         None => Ok(default),
         Some(s) => rfc3339_millis(s)
@@ -387,7 +413,7 @@ fn time_bound(v: Option<&str>, default: i64) -> Result<i64, StateError> {
     }
 }
 
-fn now_rfc3339() -> String {
+pub(super) fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
@@ -419,6 +445,127 @@ fn ledger_state(conn: &Connection, r: &Reservation) -> Result<Option<String>, St
     )
     .optional()
     .map_err(sq("reading a reservation"))
+}
+
+/// The audit records of `audit_log` in one database (live or a segment)
+/// whose time is in `[from_ms, to_ms)`, in sequence order.
+pub(super) fn entries_in(
+    conn: &Connection,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<AuditRecord>, StateError> {
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log \
+             WHERE time_ms >= ?1 AND time_ms < ?2 ORDER BY seq"
+        ))
+        .map_err(sq("querying the audit log"))?;
+    let rows = stmt
+        .query_map(params![from_ms, to_ms], read_audit_row)
+        .map_err(sq("querying the audit log"))?;
+    let mut out = Vec::new();
+    for raw in rows {
+        let raw = raw.map_err(sq("reading an audit record"))?;
+        let seq = raw.seq;
+        out.push(raw.decode().map_err(|d| StateError::Corrupt {
+            detail: format!("audit record {seq}: {d}"),
+        })?);
+    }
+    Ok(out)
+}
+
+/// What walking one stretch of the chain found.
+pub(super) struct Walk {
+    pub entries: u64,
+    pub first_broken: Option<BrokenLink>,
+    /// Sequence number and hash of the last record that verified.
+    pub head: Option<(u64, String)>,
+}
+
+/// Recomputes every hash of `audit_log` in `conn` and checks every link,
+/// the first record being expected at `start_seq` after `start_prev`.
+pub(super) fn walk_chain(
+    conn: &Connection,
+    start_seq: u64,
+    start_prev: &str,
+) -> Result<Walk, StateError> {
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY seq"
+        ))
+        .map_err(sq("reading the audit log"))?;
+    let mut rows = stmt.query([]).map_err(sq("reading the audit log"))?;
+    let mut entries = 0u64;
+    let mut first_broken = None;
+    let mut expected_seq = start_seq;
+    let mut prev = start_prev.to_string();
+    let mut head = None;
+    while let Some(row) = rows.next().map_err(sq("reading the audit log"))? {
+        entries += 1;
+        if first_broken.is_some() {
+            continue;
+        }
+        let raw = match read_audit_row(row) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let seq: i64 = row.get(0).unwrap_or(0);
+                first_broken = Some(BrokenLink {
+                    seq: seq.max(0) as u64,
+                    reason: BreakReason::Unreadable {
+                        detail: e.to_string(),
+                    },
+                });
+                continue;
+            }
+        };
+        let raw_seq = raw.seq;
+        let rec = match raw.decode() {
+            Ok(rec) => rec,
+            Err(detail) => {
+                first_broken = Some(BrokenLink {
+                    seq: raw_seq.max(0) as u64,
+                    reason: BreakReason::Unreadable { detail },
+                });
+                continue;
+            }
+        };
+        let computed = chain_hash(rec.seq, &rec.prev_hash, &rec.entry);
+        let reason = if computed != rec.hash {
+            Some(BreakReason::HashMismatch {
+                stored: rec.hash.clone(),
+                computed,
+            })
+        } else if rec.seq != expected_seq {
+            Some(BreakReason::SequenceGap {
+                expected: expected_seq,
+            })
+        } else if rec.prev_hash != prev {
+            Some(BreakReason::PrevHashMismatch {
+                expected: prev.clone(),
+                found: rec.prev_hash.clone(),
+            })
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => {
+                first_broken = Some(BrokenLink {
+                    seq: rec.seq,
+                    reason,
+                })
+            }
+            None => {
+                expected_seq = rec.seq + 1;
+                prev = rec.hash.clone();
+                head = Some((rec.seq, rec.hash));
+            }
+        }
+    }
+    Ok(Walk {
+        entries,
+        first_broken,
+        head,
+    })
 }
 
 impl StateStore for SqliteStore {
@@ -464,6 +611,12 @@ impl StateStore for SqliteStore {
             )
             .optional()
             .map_err(sq("reading the audit chain head"))?;
+        // Everything may have been sealed away: the chain goes on from the
+        // head of the last segment.
+        let last = match last {
+            Some(l) => Some(l),
+            None => super::segments::last_seal(&tx)?.map(|s| (to_i64(s.last_seq), s.head_hash)),
+        };
         let (seq, prev_hash) = match last {
             None => (1u64, GENESIS_HASH.to_string()),
             Some((s, h)) => {
@@ -521,83 +674,7 @@ impl StateStore for SqliteStore {
 
     fn verify(&self) -> Result<ChainReport, StateError> {
         let conn = self.lock();
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY seq"
-            ))
-            .map_err(sq("reading the audit log"))?;
-        let mut rows = stmt.query([]).map_err(sq("reading the audit log"))?;
-        let mut entries = 0u64;
-        let mut first_broken = None;
-        let mut expected_seq = 1u64;
-        let mut prev = GENESIS_HASH.to_string();
-        let mut head_hash = None;
-        while let Some(row) = rows.next().map_err(sq("reading the audit log"))? {
-            entries += 1;
-            if first_broken.is_some() {
-                continue;
-            }
-            let raw = match read_audit_row(row) {
-                Ok(raw) => raw,
-                Err(e) => {
-                    let seq: i64 = row.get(0).unwrap_or(0);
-                    first_broken = Some(BrokenLink {
-                        seq: seq.max(0) as u64,
-                        reason: BreakReason::Unreadable {
-                            detail: e.to_string(),
-                        },
-                    });
-                    continue;
-                }
-            };
-            let raw_seq = raw.seq;
-            let rec = match raw.decode() {
-                Ok(rec) => rec,
-                Err(detail) => {
-                    first_broken = Some(BrokenLink {
-                        seq: raw_seq.max(0) as u64,
-                        reason: BreakReason::Unreadable { detail },
-                    });
-                    continue;
-                }
-            };
-            let computed = chain_hash(rec.seq, &rec.prev_hash, &rec.entry);
-            let reason = if computed != rec.hash {
-                Some(BreakReason::HashMismatch {
-                    stored: rec.hash.clone(),
-                    computed,
-                })
-            } else if rec.seq != expected_seq {
-                Some(BreakReason::SequenceGap {
-                    expected: expected_seq,
-                })
-            } else if rec.prev_hash != prev {
-                Some(BreakReason::PrevHashMismatch {
-                    expected: prev.clone(),
-                    found: rec.prev_hash.clone(),
-                })
-            } else {
-                None
-            };
-            match reason {
-                Some(reason) => {
-                    first_broken = Some(BrokenLink {
-                        seq: rec.seq,
-                        reason,
-                    })
-                }
-                None => {
-                    expected_seq = rec.seq + 1;
-                    prev = rec.hash.clone();
-                    head_hash = Some(rec.hash);
-                }
-            }
-        }
-        Ok(ChainReport {
-            entries,
-            first_broken,
-            head_hash,
-        })
+        super::segments::verify_all(&conn, &self.path)
     }
 
     fn add_refusals(&self, counts: &[RefusalCount]) -> Result<(), StateError> {
@@ -677,23 +754,8 @@ impl StateStore for SqliteStore {
         let from_ms = time_bound(from, i64::MIN)?;
         let to_ms = time_bound(to, i64::MAX)?;
         let conn = self.lock();
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {AUDIT_COLUMNS} FROM audit_log \
-                 WHERE time_ms >= ?1 AND time_ms < ?2 ORDER BY seq"
-            ))
-            .map_err(sq("querying the audit log"))?;
-        let rows = stmt
-            .query_map(params![from_ms, to_ms], read_audit_row)
-            .map_err(sq("querying the audit log"))?;
-        let mut out = Vec::new();
-        for raw in rows {
-            let raw = raw.map_err(sq("reading an audit record"))?;
-            let seq = raw.seq;
-            out.push(raw.decode().map_err(|d| StateError::Corrupt {
-                detail: format!("audit record {seq}: {d}"),
-            })?);
-        }
+        let mut out = super::segments::sealed_entries(&conn, &self.path, from_ms, to_ms)?;
+        out.extend(entries_in(&conn, from_ms, to_ms)?);
         Ok(out)
     }
 

@@ -323,4 +323,30 @@ fn audit_commands_never_create_state() {
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with('{'), "{out}");
     assert_eq!(std::fs::read(&db).unwrap(), before, "read-only");
+
+    // Sealed into a segment, the chain still verifies across it; a
+    // tampered segment is named by verify, which then fails.
+    let s = state.to_str().unwrap();
+    let (code, out, err) = agregat(&["audit", "seal", "--state", s]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("sealed entries 1..=1"), "{out}");
+    let (code, out, err) = agregat(&["audit", "verify", "--state", s]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("audit chain OK: 1 entries"), "{out}");
+    let segment = std::fs::read_dir(state.join("audit-segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "sqlite"))
+        .unwrap();
+    let mut perms = std::fs::metadata(&segment).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&segment, perms).unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&segment, bytes).unwrap();
+    let (code, _, err) = agregat(&["audit", "verify", "--state", s]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("audit chain broken"), "{err}");
 }

@@ -15,6 +15,7 @@ mod ptable;
 mod query_properties;
 mod redteam;
 mod report;
+mod robust;
 mod saved;
 mod service;
 mod service_crash;

@@ -49,7 +49,7 @@ fn append_verify_and_reopen() {
     let mut records = Vec::new();
     {
         let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 4);
+        assert_eq!(store.schema_version().unwrap(), 5);
         for i in 0..50 {
             records.push(store.append(entry(i)).unwrap());
         }
@@ -378,7 +378,7 @@ fn newer_schema_is_refused() {
         SqliteStore::open(&path),
         Err(StateError::SchemaTooNew {
             found: 99,
-            supported: 4
+            supported: 5
         })
     ));
 }
