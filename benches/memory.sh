@@ -4,7 +4,7 @@
 # work directory), `agregat serve` with `memory_limit_mb` set, and
 # N = 1, 2, 4, 8 concurrent heaviest-allowed queries over HTTP:
 #
-#   table  kelurahan x RW x sex x single-year age with COUNT(DISTINCT no_kk)
+#   table  kelurahan x sex x single-year age with COUNT(DISTINCT no_kk)
 #          under a cell-key agreement (the widest grid under max_cells)
 #   dp     kelurahan x sex x single-year age with COUNT(DISTINCT no_kk)
 #          under Bappeda's DP agreement
@@ -100,7 +100,7 @@ kib() { awk -v k="$1" '/^'"$1"':/ {print $2}' "/proc/$pid/status"; }
 mib() { echo $(( $1 / 1024 )); }
 
 table_sql() { # variant
-  echo "SELECT kode_kel, no_rw, jenis_kelamin, umur(tanggal_lahir) AS umur, COUNT(DISTINCT no_kk) AS kk FROM penduduk WHERE umur(tanggal_lahir) <> $((200 + $1)) GROUP BY 1, 2, 3, 4"
+  echo "SELECT kode_kel, jenis_kelamin, umur(tanggal_lahir) AS umur, COUNT(DISTINCT no_kk) AS kk FROM penduduk WHERE umur(tanggal_lahir) <> $((200 + $1)) GROUP BY 1, 2, 3"
 }
 dp_sql() {
   echo "SELECT kode_kel, jenis_kelamin, umur(tanggal_lahir) AS umur, COUNT(DISTINCT no_kk) AS kk FROM penduduk WHERE umur(tanggal_lahir) <> $((200 + $1)) GROUP BY 1, 2, 3"
@@ -130,7 +130,8 @@ for pair in $AGREGAT_BINS; do
           fi
         done | awk '{print $1}' | sort | uniq -c | awk '{printf "%sx%s ", $1, $2}'
       )
-      wait
+      # (the queries ran in the substitution's subshell; a bare `wait` here
+      # would wait for the server)
       sleep 3
       printf '%-9s %-6s %3s  %-28s %9s %9s %9s\n' "$name" "$kind" "$n" "$statuses" \
         "$(mib "$base")" "$(mib "$(kib VmHWM)")" "$(mib "$(kib VmRSS)")"
