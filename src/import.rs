@@ -1021,27 +1021,11 @@ impl Validator {
     }
 }
 
-/// Edit distance, for "did you mean" suggestions on header names.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 fn suggest(name: &str, missing: &[&'static str]) -> Option<&'static str> {
     let n = name.replace([' ', '-'], "_");
     missing
         .iter()
-        .map(|m| (edit_distance(&n, m), *m))
+        .map(|m| (crate::catalog::edit_distance(&n, m), *m))
         .filter(|(d, m)| *d <= 2.max(m.len() / 4))
         .min()
         .map(|(_, m)| m)

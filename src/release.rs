@@ -37,8 +37,8 @@ use crate::error::ErrorCategory;
 use crate::protect::dp::DpError;
 use crate::protect::{DpCost, ProtectedTable, check_aggregates};
 use crate::query::{
-    Engine, QueryResult, RunError, ValidatedPlan, check_cells, check_query, execute, grid_cells,
-    plan_fingerprint, post_plan, within_timeout,
+    Engine, Executed, QueryResult, RunError, ValidatedPlan, check_cells, check_query, execute,
+    grid_cells, plan_fingerprint, post_plan, within_timeout,
 };
 use crate::state::{Reservation, SqliteStore, StateError, StateStore};
 
@@ -190,7 +190,11 @@ impl Pipeline {
         let protection = ask.agreement.protection();
         check_aggregates(&protection.method, plan.aggregates()).map_err(RunError::from)?;
         let dp = protection.cost(plan.aggregates(), plan.grouping_sets())?;
-        let would_reuse = dp.is_some() && self.known(ask, &plan).await?.is_some();
+        let would_reuse = dp.is_some()
+            && self
+                .known(ask, &release_key(ask.engine, ask.agreement, &plan))
+                .await?
+                .is_some();
         Ok(Cost {
             plan,
             cells,
@@ -206,31 +210,14 @@ impl Pipeline {
         let validated = self.validate(ask, facts).await?;
         let protection = ask.agreement.protection();
         if !protection.is_dp() {
-            let executed = within_timeout(
-                ask.engine,
-                ask.agreement,
-                execute(ask.engine, ask.agreement, &validated),
-            )
-            .await?;
-            return self
-                .finish(
-                    ask,
-                    validated,
-                    executed.table,
-                    executed.cells,
-                    executed.outside_grid,
-                    facts,
-                )
-                .await;
+            let executed = execute_within(ask, &validated).await?;
+            return self.finish(ask, validated, executed, facts).await;
         }
         // DP: a question released before (also before a restart) is
         // answered with that release, free of charge.
         let key = release_key(ask.engine, ask.agreement, &validated);
-        if let Some(table) = self.known(ask, &validated).await? {
-            let cells = table.metadata().cells;
-            return self
-                .finish(ask, validated, table.reused(), cells, 0, facts)
-                .await;
+        if let Some(table) = self.known(ask, &key).await? {
+            return self.finish(ask, validated, reused(table), facts).await;
         }
         let cost = protection
             .cost(validated.aggregates(), validated.grouping_sets())?
@@ -240,18 +227,9 @@ impl Pipeline {
         // have been released: the same noise is served, nothing is charged.
         if let Some(table) = self.memory_get(&key) {
             self.settle(reservation, false).await?;
-            let cells = table.metadata().cells;
-            return self
-                .finish(ask, validated, table.reused(), cells, 0, facts)
-                .await;
+            return self.finish(ask, validated, reused(table), facts).await;
         }
-        let executed = match within_timeout(
-            ask.engine,
-            ask.agreement,
-            execute(ask.engine, ask.agreement, &validated),
-        )
-        .await
-        {
+        let executed = match execute_within(ask, &validated).await {
             Ok(e) => e,
             Err(e) => {
                 // No noise was drawn: nothing is charged.
@@ -264,26 +242,16 @@ impl Pipeline {
         // evaluated on the released values, a timeout) keeps it; the
         // release is cached so that the repeat is free because it was
         // paid for. If the commit fails, nothing is released or cached.
+        // An identical release made meanwhile is served instead of ours.
         if let Some(earlier) = self.memory_get(&key) {
             self.settle(reservation, false).await?;
-            let cells = earlier.metadata().cells;
-            return self
-                .finish(ask, validated, earlier.reused(), cells, 0, facts)
-                .await;
+            return self.finish(ask, validated, reused(earlier), facts).await;
         }
         self.settle(reservation, true).await?;
         facts.privacy_loss = executed.table.charge_now().map(|c| c.value());
         self.memory_put(key.clone(), executed.table.clone());
         self.store_durable(ask, &key, &executed.table).await;
-        self.finish(
-            ask,
-            validated,
-            executed.table,
-            executed.cells,
-            executed.outside_grid,
-            facts,
-        )
-        .await
+        self.finish(ask, validated, executed, facts).await
     }
 
     /// The post-plan over released values, and the facts of the release.
@@ -291,15 +259,18 @@ impl Pipeline {
         &self,
         ask: &Ask<'_>,
         plan: ValidatedPlan,
-        released: ProtectedTable,
-        cells: usize,
-        outside_grid: usize,
+        released: Executed,
         facts: &mut Facts,
     ) -> Result<QueryResult, ReleaseError> {
+        let Executed {
+            table,
+            cells,
+            outside_grid,
+        } = released;
         let table = within_timeout(
             ask.engine,
             ask.agreement,
-            post_plan(ask.engine, &plan, released),
+            post_plan(ask.engine, &plan, table),
         )
         .await?;
         let m = table.metadata();
@@ -314,29 +285,25 @@ impl Pipeline {
         })
     }
 
-    /// DP: the earlier release of this question, from memory or from the
-    /// state database (loaded into memory then). `None` under cell-key.
+    /// DP: the earlier release with this key, from memory or from the
+    /// state database (loaded into memory then).
     async fn known(
         &self,
         ask: &Ask<'_>,
-        validated: &ValidatedPlan,
+        key: &str,
     ) -> Result<Option<ProtectedTable>, ReleaseError> {
-        if !ask.agreement.protection().is_dp() {
-            return Ok(None);
-        }
-        let key = release_key(ask.engine, ask.agreement, validated);
-        if let Some(t) = self.memory_get(&key) {
+        if let Some(t) = self.memory_get(key) {
             return Ok(Some(t));
         }
         let store = Arc::clone(&self.store);
-        let k = key.clone();
+        let k = key.to_string();
         let stored = tokio::task::spawn_blocking(move || store.release_get(&k)).await??;
         let Some(bytes) = stored else {
             return Ok(None);
         };
         match ProtectedTable::from_bytes(&bytes) {
             Ok(t) => {
-                self.memory_put(key, t.clone());
+                self.memory_put(key.to_string(), t.clone());
                 Ok(Some(t))
             }
             Err(e) => {
@@ -415,6 +382,25 @@ impl Pipeline {
             }
             m.insert(key, table);
         }
+    }
+}
+
+/// Runs the validated plan within the agreement's timeout.
+async fn execute_within(ask: &Ask<'_>, validated: &ValidatedPlan) -> Result<Executed, RunError> {
+    within_timeout(
+        ask.engine,
+        ask.agreement,
+        execute(ask.engine, ask.agreement, validated),
+    )
+    .await
+}
+
+/// An earlier DP release served again: marked reused, charging nothing.
+fn reused(table: ProtectedTable) -> Executed {
+    Executed {
+        cells: table.metadata().cells,
+        table: table.reused(),
+        outside_grid: 0,
     }
 }
 

@@ -503,6 +503,6 @@ impl Pks {
     /// Whether a snapshot is visible to the agreement at all (stage and
     /// overlap), for listings.
     pub fn sees(&self, synthetic: bool, coverage: &RegionScope) -> bool {
-        self.check_snapshot("", synthetic, coverage).is_ok()
+        self.stage.may_query(synthetic) && self.agreement.scope.overlaps(coverage)
     }
 }

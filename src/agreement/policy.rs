@@ -1363,7 +1363,7 @@ fn parse_sha256(text: &str) -> Result<[u8; 32], String> {
 fn unknown_element(name: &str, key: &str) -> String {
     let nearest = catalog::table_columns()
         .filter(|c| c.class != ColumnClass::RecordKey)
-        .map(|c| (edit_distance(name, c.name), c.name))
+        .map(|c| (catalog::edit_distance(name, c.name), c.name))
         .min();
     match nearest {
         Some((d, best)) if d <= 3 => {
@@ -1373,21 +1373,6 @@ fn unknown_element(name: &str, key: &str) -> String {
             "{key}: \"{name}\" is not an element of the catalog; use catalog column names such as \"jenis_kelamin\", \"tanggal_lahir\" or \"kode_kel\""
         ),
     }
-}
-
-/// Levenshtein distance, for suggestions.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]

@@ -837,7 +837,13 @@ async fn list_queries(State(state): State<Shared>, admitted: Admitted) -> Respon
         let list: Vec<SavedQueryInfo> = state
             .saved
             .iter()
-            .filter(|q| missing_elements(caller, &q.elements).is_empty())
+            .filter(|q| {
+                caller
+                    .pks
+                    .agreement
+                    .missing_elements(&q.elements)
+                    .is_empty()
+            })
             .map(|q| SavedQueryInfo {
                 name: q.name.clone(),
                 title: q.title.clone(),
@@ -849,10 +855,6 @@ async fn list_queries(State(state): State<Shared>, admitted: Admitted) -> Respon
         json_response(&list)
     })
     .await
-}
-
-fn missing_elements(caller: &Caller, elements: &[String]) -> Vec<String> {
-    caller.pks.agreement.missing_elements(elements)
 }
 
 /// Run a saved query with JSON parameters (`{}` for the defaults).
@@ -901,7 +903,7 @@ async fn run_saved(
             parse_json(&bytes, r#"{"tahun_ajaran": 2026}"#)?
         };
         let saved = state.saved.require(&name)?;
-        let missing = missing_elements(&caller, &saved.elements);
+        let missing = caller.pks.agreement.missing_elements(&saved.elements);
         if !missing.is_empty() {
             return Err(ApiError::SavedQueryNotPermitted {
                 name: saved.name.clone(),
