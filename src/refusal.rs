@@ -70,6 +70,7 @@ codes! {
     TableTooSparse => "table_too_sparse",
     SqlTooLarge => "sql_too_large",
     InvalidValue => "invalid_value",
+    ExpressionMayFail => "expression_may_fail",
     QueryTimeout => "query_timeout",
     ResourcesExhausted => "resources_exhausted",
     NotATable => "not_a_table",

@@ -130,7 +130,9 @@ fn plan_and_validate(
                     sql,
                     agreement.limits().max_sql_bytes,
                 ))?;
-                Ok(validate(&plan, agreement, engine.as_of_days())?)
+                let validated = validate(&plan, agreement, engine.as_of_days())?;
+                super::total::check(engine, validated.0.plan())?;
+                Ok(validated)
             });
         match work {
             Ok(handle) => handle.join().unwrap_or_else(|_| {
@@ -259,7 +261,21 @@ async fn collect(engine: &Engine, plan: LogicalPlan) -> Result<RecordBatch, RunE
         .await
         .map_err(map_df)?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let batches = df.collect().await.map_err(map_df)?;
+    let task = Arc::new(df.task_ctx());
+    // Planning reads no data: a failure here is the query's shape (the
+    // gate checked its types), never the data's, so it is the caller's.
+    let physical = df.create_physical_plan().await.map_err(|e| {
+        RunError::from(QueryError::new(
+            Code::PlanError,
+            format!(
+                "the query engine cannot plan this query: {}; write the expression more simply",
+                clean_message(&e)
+            ),
+        ))
+    })?;
+    let batches = datafusion::physical_plan::collect(physical, task)
+        .await
+        .map_err(map_df)?;
     Ok(concat_batches(&schema, &batches).map_err(|e| EngineError::DataFusion(e.into()))?)
 }
 

@@ -13,6 +13,7 @@ pub mod execute;
 pub mod margins;
 pub mod plan;
 pub mod table;
+mod total;
 pub mod udf;
 pub mod validate;
 

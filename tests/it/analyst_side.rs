@@ -1,9 +1,10 @@
 //! The analysts' side: a released Parquet download and the sample snapshot
-//! open in real pyarrow and polars, with the protection metadata readable.
+//! open in real pyarrow, polars, pandas and DuckDB, with the protection
+//! metadata readable and withheld cells NULL in each.
 //!
 //! Uses the interpreter in `$AGREGAT_PYTHON` (set by `.ci/run`, which
-//! installs pyarrow and polars into a venv), else `python3` if it has both
-//! packages; otherwise the test says why it skipped.
+//! installs the four packages into a venv), else `python3` if it has all
+//! four; otherwise the test says why it skipped.
 
 use crate::common;
 
@@ -38,14 +39,33 @@ assert len(s.names) == 34 and "kode_kab" in s.names and "record_key" in s.names,
 assert d.count_rows() == 69000
 p = pl.scan_parquet(snapshot + "/penduduk/**/*.parquet", hive_partitioning=True).select(pl.len()).collect()
 assert p.item() == 69000
-print("pyarrow", __import__("pyarrow").__version__, "polars", pl.__version__, "ok")
+import pandas as pd, duckdb
+pdf = pd.read_parquet(release)
+assert len(pdf) == t.num_rows, pdf.shape
+assert int(pdf["n"].isna().sum()) == withheld.height
+assert pdf["n"].dropna().ge(0).all()
+con = duckdb.connect()
+rows, nulls, total = con.execute(
+    "SELECT COUNT(*), COUNT(*) FILTER (WHERE n IS NULL), SUM(n) FROM read_parquet(?)", [release]
+).fetchone()
+assert rows == t.num_rows and nulls == withheld.height, (rows, nulls)
+assert total == df["n"].sum(), (total, df["n"].sum())
+kv = dict(con.execute("SELECT decode(key), decode(value) FROM parquet_kv_metadata(?)", [release]).fetchall())
+assert json.loads(kv["agregat.protection"])["method"] == "cell_key", kv.keys()
+n = con.execute(
+    "SELECT COUNT(*) FROM read_parquet(? || '/penduduk/**/*.parquet', hive_partitioning = true)",
+    [snapshot],
+).fetchone()[0]
+assert n == 69000, n
+print("pyarrow", __import__("pyarrow").__version__, "polars", pl.__version__,
+      "pandas", pd.__version__, "duckdb", duckdb.__version__, "ok")
 "#;
 
 #[test]
-fn downloads_and_snapshots_open_in_pyarrow_and_polars() {
+fn downloads_and_snapshots_open_in_pyarrow_polars_pandas_and_duckdb() {
     let Some(python) = python() else {
         eprintln!(
-            "SKIPPED: no Python with pyarrow and polars (set AGREGAT_PYTHON; .ci/run installs them)"
+            "SKIPPED: no Python with pyarrow, polars, pandas and duckdb (set AGREGAT_PYTHON; .ci/run installs them)"
         );
         return;
     };

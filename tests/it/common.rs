@@ -62,7 +62,7 @@ pub fn python() -> Option<String> {
         .collect();
     candidates.into_iter().find(|p| {
         std::process::Command::new(p)
-            .args(["-c", "import pyarrow, polars"])
+            .args(["-c", "import pyarrow, polars, pandas, duckdb"])
             .output()
             .is_ok_and(|o| o.status.success())
     })

@@ -877,10 +877,10 @@ async fn graceful_stop_answers_and_audits_in_flight_requests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn parquet_download_opens_in_pyarrow_and_polars_with_its_metadata() {
+async fn parquet_download_opens_in_pyarrow_polars_pandas_and_duckdb_with_its_metadata() {
     let Some(py) = common::python() else {
         eprintln!(
-            "SKIPPED: no Python with pyarrow and polars (set AGREGAT_PYTHON; .ci/run installs them)"
+            "SKIPPED: no Python with pyarrow, polars, pandas and duckdb (set AGREGAT_PYTHON; .ci/run installs them)"
         );
         return;
     };
@@ -905,7 +905,7 @@ async fn parquet_download_opens_in_pyarrow_and_polars_with_its_metadata() {
         std::fs::write(dir.path().join(name), r.bytes().await.unwrap()).unwrap();
     }
     let script = r#"
-import json, sys, pyarrow.parquet as pq, polars as pl
+import json, sys, pyarrow.parquet as pq, polars as pl, pandas as pd, duckdb
 for name, method in [("cellkey.parquet", "cell_key"), ("dp.parquet", "dp")]:
     path = sys.argv[1] + "/" + name
     t = pq.read_table(path)
@@ -920,6 +920,16 @@ for name, method in [("cellkey.parquet", "cell_key"), ("dp.parquet", "dp")]:
     if method == "dp":
         assert meta["dp"]["budget"]["measure"] == "z_cdp", meta
         assert all(c["margin_of_error_95"] > 0 for c in meta["dp"]["columns"].values())
+    pdf = pd.read_parquet(path)
+    assert list(pdf.columns) == t.column_names and len(pdf) == 12, pdf
+    assert int(pdf["jumlah"].isna().sum()) == df["jumlah"].null_count()
+    con = duckdb.connect()
+    rows, nulls = con.execute(
+        "SELECT COUNT(*), COUNT(*) FILTER (WHERE jumlah IS NULL) FROM read_parquet(?)", [path]
+    ).fetchone()
+    assert rows == 12 and nulls == df["jumlah"].null_count(), (rows, nulls)
+    kv = dict(con.execute("SELECT decode(key), decode(value) FROM parquet_kv_metadata(?)", [path]).fetchall())
+    assert json.loads(kv["agregat.protection"])["method"] == method
 print("ok")
 "#;
     let out = std::process::Command::new(&py)

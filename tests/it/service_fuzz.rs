@@ -391,7 +391,11 @@ fn deep_and_long_expressions_are_answered_not_crashed() {
     });
     let app = router(Arc::clone(&state));
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-        cases: 256,
+        // AGREGAT_FUZZ_CASES=N runs a longer search than CI's bounded one.
+        cases: std::env::var("AGREGAT_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256),
         failure_persistence: None,
         ..ProptestConfig::default()
     });
