@@ -91,28 +91,45 @@ pub enum ImportError {
         "cannot read the CSV export '{path}': {source}; check the path and that the file is a readable file"
     )]
     Unreadable {
+        /// The CSV export's path as given.
         path: PathBuf,
+        /// The error from reading the file.
         source: std::io::Error,
     },
     /// The file is not UTF-8.
     #[error(
         "'{file}' is not UTF-8 text: line {line} holds an invalid byte (0x{byte:02X}); re-save the export as UTF-8, e.g. `iconv -f WINDOWS-1252 -t UTF-8 export.csv > export-utf8.csv`"
     )]
-    NotUtf8 { file: PathBuf, line: u64, byte: u8 },
+    NotUtf8 {
+        /// The CSV export.
+        file: PathBuf,
+        /// Line of the first invalid byte (1-based, counted after any
+        /// byte-order mark).
+        line: u64,
+        /// The first byte that is not valid UTF-8.
+        byte: u8,
+    },
     /// No header line.
     #[error(
         "'{file}' is empty; export the register as CSV with a header line naming the columns ({}) and one line per person",
         import_column_list()
     )]
-    Empty { file: PathBuf },
+    Empty {
+        /// The CSV export.
+        file: PathBuf,
+    },
     /// A header but no data rows.
     #[error(
         "'{file}' has a header but no data rows, so there is nothing to import; check that the export query selected the intended region"
     )]
-    NoRows { file: PathBuf },
+    NoRows {
+        /// The CSV export.
+        file: PathBuf,
+    },
     /// The header does not name exactly the expected columns.
     #[error("{}", header_message(file, missing, unknown, duplicate, *semicolons))]
     Header {
+        /// The CSV export.
         file: PathBuf,
         /// Expected columns absent from the header.
         missing: Vec<&'static str>,
@@ -128,13 +145,17 @@ pub enum ImportError {
         "'{file}' line {line} is not valid CSV ({source}); check quoting: a value containing a comma, quote or line break must be enclosed in double quotes, with inner quotes doubled"
     )]
     Csv {
+        /// The CSV export.
         file: PathBuf,
+        /// CSV line where the broken record starts; the header is line 1.
         line: u64,
+        /// The CSV reader's error.
         source: csv::Error,
     },
     /// Rows failed validation; nothing was written.
     #[error("{}", rows_message(file, *rows, *bad_rows, problems, *total))]
     InvalidRows {
+        /// The CSV export.
         file: PathBuf,
         /// Data rows in the file.
         rows: u64,
@@ -311,14 +332,26 @@ pub enum NumberDefect {
     NotDigits,
     /// Not exactly 16 digits.
     #[error("it has {found} digits, not 16")]
-    Length { found: usize },
+    Length {
+        /// Number of digits actually given.
+        found: usize,
+    },
     /// The first six digits are not a Kemendagri kecamatan code.
     #[error("its first 6 digits name kecamatan '{code}', which is not in the Kemendagri list")]
-    UnknownKecamatan { code: String },
+    UnknownKecamatan {
+        /// The first six digits as a dotted kecamatan code (`61.71.01`).
+        code: String,
+    },
     /// Digits 7-12 are not a real DDMMYY date (for a NIK, with 40 added to a
     /// woman's day).
     #[error("its digits 7-12 '{part}' are not a real date DDMMYY{women}")]
-    BadDate { part: String, women: &'static str },
+    BadDate {
+        /// Digits 7-12 as written.
+        part: String,
+        /// Hint appended to the message: `", day +40 for women"` for a NIK,
+        /// empty for a KK number.
+        women: &'static str,
+    },
     /// The serial (last four digits) is `0000`.
     #[error("its serial (last 4 digits) is 0000; serials start at 0001")]
     ZeroSerial,
@@ -334,7 +367,12 @@ pub enum RowReason {
     #[error(
         "the row has {found} fields but the header has {expected}; check for an unquoted comma or a missing separator"
     )]
-    FieldCount { expected: usize, found: usize },
+    FieldCount {
+        /// Fields in the header line.
+        expected: usize,
+        /// Fields in this row.
+        found: usize,
+    },
     /// `nik` is not a structurally valid NIK.
     #[error(
         "not a valid NIK: {0}; a NIK is 16 digits: kecamatan code (6), birth date DDMMYY with 40 added to the day for women (6), serial (4), e.g. 6171014505900001"
@@ -351,8 +389,12 @@ pub enum RowReason {
         "the NIK's birth-date digits are {found}, but tanggal_lahir {tanggal_lahir} and jenis_kelamin give {expected}; correct tanggal_lahir or the NIK in the register"
     )]
     NikBirthDate {
+        /// The NIK's digits 7-12 (DDMMYY) as written.
         found: String,
+        /// The DDMMYY digits that `tanggal_lahir` and `jenis_kelamin` give
+        /// (day + 40 for a woman).
         expected: String,
+        /// The row's `tanggal_lahir`.
         tanggal_lahir: NaiveDate,
     },
     /// The NIK's day digits give a sex other than `jenis_kelamin`.
@@ -360,13 +402,20 @@ pub enum RowReason {
         "the NIK's day digits {day} mean {nik_sex}, but jenis_kelamin is {jenis_kelamin}; women's NIKs have 40 added to the day, so correct jenis_kelamin or the NIK in the register"
     )]
     NikSex {
+        /// The NIK's day digits (digits 7-8) as written.
         day: String,
+        /// The sex those digits mean, as worded in the message ("a woman
+        /// (day + 40)" or "a man (day below 40)").
         nik_sex: &'static str,
+        /// The row's `jenis_kelamin` label.
         jenis_kelamin: &'static str,
     },
     /// A categorical value that is neither a code nor a label of its list.
     #[error("{}", unknown_code_message(list))]
-    UnknownCode { list: &'static str },
+    UnknownCode {
+        /// Name of the column's code list ([`crate::catalog::code_list`]).
+        list: &'static str,
+    },
     /// A date not written as `YYYY-MM-DD`.
     #[error("not a date; write dates as YYYY-MM-DD, e.g. 1990-05-17")]
     DateFormat,
@@ -377,15 +426,26 @@ pub enum RowReason {
     #[error(
         "the date is after tanggal_data {as_of}; correct the date, or import with a later --as-of"
     )]
-    AfterAsOf { as_of: NaiveDate },
+    AfterAsOf {
+        /// The reference date of the import (`--as-of`).
+        as_of: NaiveDate,
+    },
     /// `tanggal_lahir` makes the person older than 150 on the reference date.
     #[error(
         "the birth date makes the person {age} years old on {as_of}, older than {MAX_AGE}; correct tanggal_lahir"
     )]
-    TooOld { age: i32, as_of: NaiveDate },
+    TooOld {
+        /// Age in whole years on the reference date.
+        age: i32,
+        /// The reference date of the import (`--as-of`).
+        as_of: NaiveDate,
+    },
     /// `tanggal_kawin` or `tanggal_cerai` before `tanggal_lahir`.
     #[error("the date is before tanggal_lahir {tanggal_lahir}; correct one of the two dates")]
-    BeforeBirth { tanggal_lahir: NaiveDate },
+    BeforeBirth {
+        /// The row's `tanggal_lahir`.
+        tanggal_lahir: NaiveDate,
+    },
     /// A region value that is not a dotted Kemendagri code.
     #[error(
         "not a dotted Kemendagri {} code; write it like {}{}",
@@ -393,7 +453,12 @@ pub enum RowReason {
         level_example(*level),
         dotted_hint(value, *level)
     )]
-    RegionFormat { level: RegionLevel, value: String },
+    RegionFormat {
+        /// The region level of the column.
+        level: RegionLevel,
+        /// The value as written (trimmed).
+        value: String,
+    },
     /// A region code of another level than the column's (a kecamatan code in
     /// `kode_kel`, say).
     #[error(
@@ -404,7 +469,9 @@ pub enum RowReason {
         level_example(*expected)
     )]
     RegionLevel {
+        /// The region level of the column.
         expected: RegionLevel,
+        /// The level the code's shape belongs to.
         found: RegionLevel,
     },
     /// A well-formed region code that is not in the Kemendagri list.
@@ -416,19 +483,29 @@ pub enum RowReason {
         "the region does not lie in {parent_column} '{parent}' of the same row; correct one of the two codes"
     )]
     RegionMismatch {
+        /// The parent column (`kode_kec` for `kode_kel`, say).
         parent_column: &'static str,
+        /// The parent column's code in the same row.
         parent: String,
     },
     /// `no_rt` or `no_rw` is not 1 to `width` digits valued 1 to `max`.
     #[error(
         "not an RT/RW number; give 1 to {width} digits from 1 to {max} (stored zero-padded, e.g. 7 -> 007)"
     )]
-    Numbered { width: u8, max: u16 },
+    Numbered {
+        /// Most digits allowed, and the zero-padded stored width.
+        width: u8,
+        /// Largest number allowed.
+        max: u16,
+    },
     /// The NIK already appeared on an earlier line.
     #[error(
         "duplicate NIK: line {first_line} already has this NIK; each person appears once, so remove the duplicate row or correct the NIK"
     )]
-    DuplicateNik { first_line: u64 },
+    DuplicateNik {
+        /// CSV line of the first row with this NIK.
+        first_line: u64,
+    },
 }
 
 impl RowReason {

@@ -34,14 +34,22 @@ pub enum SecretError {
         "cannot read the record-key secret file '{path}': {source}; pass --secret-file with a readable file or set {SECRET_ENV}"
     )]
     Read {
+        /// The `--secret-file` path.
         path: PathBuf,
+        /// Why reading (as UTF-8 text) failed.
         source: std::io::Error,
     },
     /// The secret is shorter than [`MIN_SECRET_BYTES`].
     #[error(
         "the record-key secret from {origin} is {len} bytes; it must be at least {MIN_SECRET_BYTES} random bytes (e.g. `head -c 32 /dev/urandom | xxd -p -c 64 > secret.key`)"
     )]
-    TooShort { origin: String, len: usize },
+    TooShort {
+        /// Where the secret came from: `file '…'` or the environment
+        /// variable's name.
+        origin: String,
+        /// Length of the secret in bytes (hex decoded, or the raw text).
+        len: usize,
+    },
     /// Neither a secret file nor [`SECRET_ENV`] was given.
     #[error("no record-key secret: pass --secret-file FILE or set {SECRET_ENV}")]
     Missing,

@@ -78,57 +78,80 @@ pub enum SavedError {
     /// The queries directory or a query file could not be read.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The queries directory or the query file.
         path: PathBuf,
+        /// The error from reading it.
         #[source]
         source: std::io::Error,
     },
     /// A bad header or template in a query file.
     #[error("{}:{line}: {message}", path.display())]
     File {
+        /// The query file.
         path: PathBuf,
+        /// Line in the file (1-based) where the problem is.
         line: usize,
+        /// What is wrong and how to fix it.
         message: String,
     },
     /// No saved query has this name.
     #[error("no saved query named '{name}'; available: {}", available.join(", "))]
     UnknownQuery {
+        /// The name asked for.
         name: String,
+        /// Names of the loaded queries, sorted.
         available: Vec<String>,
     },
     /// A parameter was given that the query does not declare.
     #[error("query '{query}' has no parameter '{param}'; accepted parameters: {}", if accepted.is_empty() { "none".to_string() } else { accepted.join(", ") })]
     UnknownParameter {
+        /// The saved query's name.
         query: String,
+        /// The parameter name given.
         param: String,
+        /// Names of the parameters the query declares.
         accepted: Vec<String>,
     },
     /// A value of the wrong JSON type or form for the parameter's type.
     #[error("parameter '{param}': {value} is not {expected}")]
     WrongType {
+        /// The parameter's name.
         param: String,
+        /// The value given, as JSON text (`"61.71"`, `2040`).
         value: String,
+        /// The JSON form the parameter's type takes ("a string", ...).
         expected: String,
     },
     /// A number or date outside the parameter's `min`/`max`.
     #[error("parameter '{param}': {value} is out of range; accepted: {accepted}")]
     OutOfRange {
+        /// The parameter's name.
         param: String,
+        /// The value given, as JSON text (`"61.71"`, `2040`).
         value: String,
+        /// The accepted range in words ("2020 to 2035", "0 or more").
         accepted: String,
     },
     /// A string outside the allowed values or code list, or a date that is not
     /// the first of a month when `first_of_month` is set.
     #[error("parameter '{param}': {value} is not allowed; accepted: {accepted}")]
     NotAllowed {
+        /// The parameter's name.
         param: String,
+        /// The value given, as JSON text (`"61.71"`, `2040`).
         value: String,
+        /// The accepted values, quoted and comma-separated, or the
+        /// first-of-month rule.
         accepted: String,
     },
     /// A region parameter that is not a Kemendagri code.
     #[error("parameter '{param}': {value} is not a known region: {message}")]
     UnknownRegion {
+        /// The parameter's name.
         param: String,
+        /// The value given, as JSON text (`"61.71"`, `2040`).
         value: String,
+        /// Why the code was rejected (not a code, or not in the list).
         message: String,
     },
     /// A region code of another level than the parameter's `level`.
@@ -136,15 +159,26 @@ pub enum SavedError {
         "parameter '{param}': {value} is a {actual} code; a {expected} code is required (e.g. {example})"
     )]
     WrongRegionLevel {
+        /// The parameter's name.
         param: String,
+        /// The value given, as JSON text (`"61.71"`, `2040`).
         value: String,
+        /// Label of the level the given code is of.
         actual: String,
+        /// Label of the parameter's `level`.
         expected: String,
+        /// A code of the parameter's level, as a SQL literal (`'61.71.01'`).
         example: String,
     },
     /// A required parameter (neither optional nor defaulted) was not given.
     #[error("parameter '{param}' is required: {description}")]
-    Missing { param: String, description: String },
+    Missing {
+        /// The parameter's name.
+        param: String,
+        /// The parameter's description from the header, or "no default
+        /// value" when it has none.
+        description: String,
+    },
 }
 
 impl SavedError {
@@ -168,19 +202,31 @@ impl SavedError {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ParamKind {
     /// `integer`: a JSON integer, optionally bounded.
-    Integer { min: Option<i64>, max: Option<i64> },
+    Integer {
+        /// Smallest accepted value (inclusive), if bounded.
+        min: Option<i64>,
+        /// Largest accepted value (inclusive), if bounded.
+        max: Option<i64>,
+    },
     /// `string`: one of a fixed list of values, or of a catalog code list.
     String {
         /// The accepted values (a code list's labels when `code_list` is set).
         allowed: Vec<String>,
+        /// Name of the catalog code list the values come from, if any.
         code_list: Option<String>,
     },
     /// `region`: a Kemendagri code of one level.
-    Region { level: RegionLevel },
+    Region {
+        /// The level every accepted code must have.
+        level: RegionLevel,
+    },
     /// `date`: a `YYYY-MM-DD` date, optionally bounded or a first of a month.
     Date {
+        /// Earliest accepted date (inclusive) as `YYYY-MM-DD`, if bounded.
         min: Option<String>,
+        /// Latest accepted date (inclusive) as `YYYY-MM-DD`, if bounded.
         max: Option<String>,
+        /// Only the first day of a month is accepted.
         first_of_month: bool,
     },
 }

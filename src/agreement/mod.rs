@@ -66,26 +66,58 @@ pub struct Agreement {
     protection: Protection,
 }
 
+/// An agreement that [`Agreement::new`] refuses to build: names or limits
+/// that do not fit the element catalog.
 #[derive(Debug, thiserror::Error)]
 pub enum AgreementError {
+    /// A permitted or Minister-permitted column is not in the element catalog.
     #[error(
         "agreement '{id}': '{column}' is not a column of the element catalog; use catalog names such as 'jenis_kelamin', 'kode_kel' or 'tanggal_lahir'"
     )]
-    UnknownElement { id: String, column: String },
+    UnknownElement {
+        /// The agreement's id.
+        id: String,
+        /// The column name as the agreement spells it.
+        column: String,
+    },
+    /// A column under `minister_permission` that does not need the
+    /// Minister's permission (only protected elements, Pasal 84, do).
     #[error(
         "agreement '{id}': '{column}' is listed under minister_permission but is not a protected element; only 'penyandang_cacat' needs the Minister's permission"
     )]
-    NotProtected { id: String, column: String },
+    NotProtected {
+        /// The agreement's id.
+        id: String,
+        /// The listed column, a catalog element that is not protected.
+        column: String,
+    },
+    /// The agreement's region scope names a region that is not a
+    /// Kemendagri region.
     #[error("agreement '{id}': {source}")]
-    Region { id: String, source: UnknownRegion },
+    Region {
+        /// The agreement's id.
+        id: String,
+        /// The code that was not found, with a hint of codes nearby.
+        source: UnknownRegion,
+    },
+    /// A `[limits]` value of 0, which would refuse every query.
     #[error(
         "agreement '{id}': [limits] {limit} = 0 would refuse every query; use a positive number"
     )]
-    ZeroLimit { id: String, limit: &'static str },
+    ZeroLimit {
+        /// The agreement's id.
+        id: String,
+        /// The limit's key in `[limits]` (`max_cells`, `timeout_seconds`, …).
+        limit: &'static str,
+    },
+    /// A column no agreement may permit (the record key).
     #[error("agreement '{id}': '{column}' can never be permitted: {reason}")]
     NeverPermitted {
+        /// The agreement's id.
         id: String,
+        /// The column that was listed as permitted.
         column: String,
+        /// Why the column can never be permitted, for the message.
         reason: &'static str,
     },
 }

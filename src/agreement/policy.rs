@@ -119,6 +119,7 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// The stage as the file spells it (`trial`, `production`).
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Trial => "trial",
@@ -155,6 +156,7 @@ impl fmt::Display for Stage {
 pub struct TokenEntry {
     /// Shown in the audit log.
     pub id: String,
+    /// SHA-256 of the token's UTF-8 bytes (the file's 64 hex digits, decoded).
     pub sha256: [u8; 32],
 }
 
@@ -163,18 +165,24 @@ pub struct TokenEntry {
 pub struct Pks {
     /// The query gate's part: id, elements, scope, limits, protection.
     pub agreement: Agreement,
+    /// The institution (OPD) that signed the PKS, by its full name.
     pub institution: String,
+    /// The PKS's document number.
     pub pks_number: String,
+    /// The Wali Kota's permit for the PKS: the decree, as cited.
     pub walikota_permit: String,
     /// First day of validity.
     pub valid_from: NaiveDate,
     /// Last day of validity.
     pub valid_until: NaiveDate,
+    /// Which snapshots the agreement may query (trial: synthetic only).
     pub stage: Stage,
+    /// Requests per minute for the agreement, all of its tokens together.
     pub requests_per_minute: u32,
     /// Budget per six-month period, in the per-query measure (rho or
     /// epsilon); `Some` exactly for `method = "dp"`.
     pub budget_per_period: Option<f64>,
+    /// The `[[token]]` blocks: hashes of the tokens that act for it.
     pub tokens: Vec<TokenEntry>,
     /// The file it was loaded from.
     pub file: PathBuf,
@@ -190,9 +198,11 @@ impl Pks {
 /// One problem in one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyIssue {
+    /// The agreement file with the problem.
     pub file: PathBuf,
     /// 1-based line, when the problem has one.
     pub line: Option<usize>,
+    /// What is wrong and how to fix it.
     pub message: String,
 }
 
@@ -209,7 +219,9 @@ impl fmt::Display for PolicyIssue {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{}", render_issues(.dir, .issues))]
 pub struct PolicyErrors {
+    /// The policy directory that failed to load.
     pub dir: PathBuf,
+    /// Every problem of every file, sorted by file and line.
     pub issues: Vec<PolicyIssue>,
 }
 
@@ -403,6 +415,7 @@ impl Policy {
         &self.dir
     }
 
+    /// The agreement with this id, if the directory has one.
     pub fn get(&self, id: &str) -> Option<&Arc<Pks>> {
         self.agreements.get(id)
     }

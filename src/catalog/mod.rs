@@ -114,11 +114,22 @@ pub enum Domain {
     /// No public domain (identifiers, free text, the record key).
     None,
     /// The labels of a public code list, by list name.
-    CodeList { list: &'static str },
+    CodeList {
+        /// Name of the code list in `kode_referensi` (see [`code_list`]).
+        list: &'static str,
+    },
     /// Kemendagri region codes of one level.
-    Region { level: RegionLevel },
+    Region {
+        /// The region level the column's codes are at.
+        level: RegionLevel,
+    },
     /// Zero-padded numbers `001..=max` (RT, RW).
-    Numbered { width: u8, max: u16 },
+    Numbered {
+        /// Digits of each value, zero-padded (3 for `001`).
+        width: u8,
+        /// The largest number in the domain.
+        max: u16,
+    },
     /// Dates, reachable only through coarsening functions.
     Dates,
 }

@@ -130,49 +130,83 @@ fn state_file(path: &Path) -> PathBuf {
 /// flattened into a string. Its category gives the exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A snapshot could not be opened, verified or written.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// `agregat generate` failed: bad options, too large a scale or a failed
+    /// snapshot write.
     #[error(transparent)]
     Generate(#[from] GenerateError),
+    /// `agregat import` rejected the register's CSV export.
     #[error(transparent)]
     Import(#[from] ImportError),
+    /// The record-key secret could not be loaded.
     #[error(transparent)]
     Secret(#[from] SecretError),
+    /// An agreement (PKS) file is invalid (exit code of `Usage`).
     #[error(transparent)]
     Agreement(#[from] AgreementError),
+    /// A local `agregat query` run failed in planning, validation or
+    /// execution.
     #[error(transparent)]
     Query(#[from] RunError),
+    /// The agreement may not be used now, or not on this snapshot (stage
+    /// rule, region overlap).
     #[error(transparent)]
     Access(crate::agreement::AccessRefusal),
+    /// A released table could not be encoded (an internal error).
     #[error(transparent)]
     Output(#[from] crate::output::OutputError),
+    /// Reading an input file, writing the output or starting the runtime
+    /// failed (exit code of `Io`).
     #[error("runtime I/O failure: {0}")]
     Runtime(std::io::Error),
+    /// A ptable could not be generated or its CSV not parsed.
     #[error(transparent)]
     PTable(crate::protect::ptable::PTableError),
+    /// `agregat ptable check` found violations in a ptable file (exit code
+    /// of `InvalidData`).
     #[error("{file}: {violations} ptable violations (listed above)")]
-    PTableCheck { file: String, violations: usize },
+    PTableCheck {
+        /// The checked ptable file, as displayed.
+        file: String,
+        /// How many violations were found (each printed before the error).
+        violations: usize,
+    },
+    /// `agregat suppress`: malformed input table or a pattern that cannot
+    /// be made safe.
     #[error(transparent)]
     Suppress(crate::protect::suppress::SuppressError),
+    /// Saved queries could not be loaded or rendered.
     #[error(transparent)]
     Saved(Box<crate::saved::SavedError>),
+    /// The state database (budget ledger, release store, audit chain)
+    /// failed or refused.
     #[error(transparent)]
     State(Box<crate::state::StateError>),
+    /// `agregat serve` could not start.
     #[error(transparent)]
     Service(Box<crate::service::ServiceError>),
+    /// Everything wrong with a policy directory, reported together.
     #[error(transparent)]
     Policy(Box<crate::agreement::PolicyErrors>),
+    /// The monitoring report has an unknown format or could not be written.
     #[error(transparent)]
     Report(crate::report::ReportError),
     /// A command-line argument that is wrong in itself.
     #[error("{0}")]
     Usage(String),
+    /// `agregat audit verify` found the audit hash chain broken (exit code
+    /// of `Integrity`).
     #[error(
         "audit chain broken at entry {seq} (of {entries}): {reason}; the log was tampered with or damaged after it was written: restore it from a backup and investigate"
     )]
     ChainBroken {
+        /// Sequence number of the first entry that does not verify.
         seq: u64,
+        /// Number of entries in the log.
         entries: u64,
+        /// Why that entry does not verify.
         reason: String,
     },
 }

@@ -105,7 +105,10 @@ pub enum GenerateError {
     #[error(
         "region '{region}' has no desa/kelurahan in the Kemendagri list, so there is nowhere to place people"
     )]
-    EmptyRegion { region: String },
+    EmptyRegion {
+        /// The `--region` code prefix as given.
+        region: String,
+    },
     /// A NIK or KK serial number ran out for a kecamatan.
     #[error(transparent)]
     Serial(#[from] SerialOverflow),

@@ -4,7 +4,7 @@
 //! generator only needs them to look right, not to be unique (the NIK is).
 
 /// Common men's first names.
-pub const MALE: &[&str] = &[
+pub(crate) const MALE: &[&str] = &[
     "Ahmad",
     "Muhammad",
     "Budi",
@@ -58,7 +58,7 @@ pub const MALE: &[&str] = &[
 ];
 
 /// Common women's first names.
-pub const FEMALE: &[&str] = &[
+pub(crate) const FEMALE: &[&str] = &[
     "Siti",
     "Nur",
     "Dewi",
@@ -113,7 +113,7 @@ pub const FEMALE: &[&str] = &[
 
 /// Men's second and later name parts (also the surname after a Christian
 /// given name).
-pub const SECOND: &[&str] = &[
+pub(crate) const SECOND: &[&str] = &[
     "Saputra",
     "Pratama",
     "Wijaya",
@@ -143,7 +143,7 @@ pub const SECOND: &[&str] = &[
 
 /// Women's second and later name parts (also the surname after a Christian
 /// given name).
-pub const SECOND_FEMALE: &[&str] = &[
+pub(crate) const SECOND_FEMALE: &[&str] = &[
     "Wulandari",
     "Rahmawati",
     "Handayani",
@@ -167,19 +167,19 @@ pub const SECOND_FEMALE: &[&str] = &[
 ];
 
 /// Chinese-Indonesian family names, common in Kalimantan Barat.
-pub const CHINESE_SURNAMES: &[&str] = &[
+pub(crate) const CHINESE_SURNAMES: &[&str] = &[
     "Tan", "Lim", "Lie", "Ng", "Wong", "Tjhin", "Bong", "Chong", "Liu", "Phang", "Tjong", "Huang",
     "Kho", "Oey", "Sim",
 ];
 
 /// Given names of Chinese-Indonesian men.
-pub const CHINESE_GIVEN_MALE: &[&str] = &[
+pub(crate) const CHINESE_GIVEN_MALE: &[&str] = &[
     "Hendra", "Suryadi", "Willy", "Kevin", "Steven", "Hartono", "Budiman", "Ahok", "Akiong",
     "Susanto", "Jimmy", "Johan", "Ferry", "Vincent", "Edwin",
 ];
 
 /// Given names of Chinese-Indonesian women.
-pub const CHINESE_GIVEN_FEMALE: &[&str] = &[
+pub(crate) const CHINESE_GIVEN_FEMALE: &[&str] = &[
     "Meiliana",
     "Lily",
     "Susan",
@@ -198,11 +198,11 @@ pub const CHINESE_GIVEN_FEMALE: &[&str] = &[
 ];
 
 /// Balinese birth-order names.
-pub const BALI_ORDER_MALE: &[&str] = &[
+pub(crate) const BALI_ORDER_MALE: &[&str] = &[
     "I Wayan", "I Made", "I Nyoman", "I Ketut", "I Putu", "I Gede",
 ];
 /// Balinese birth-order names for women.
-pub const BALI_ORDER_FEMALE: &[&str] = &[
+pub(crate) const BALI_ORDER_FEMALE: &[&str] = &[
     "Ni Luh",
     "Ni Made",
     "Ni Nyoman",
@@ -211,13 +211,13 @@ pub const BALI_ORDER_FEMALE: &[&str] = &[
     "Ni Kadek",
 ];
 /// Balinese given names, placed after a birth-order name.
-pub const BALI_GIVEN: &[&str] = &[
+pub(crate) const BALI_GIVEN: &[&str] = &[
     "Suarta", "Sudiarta", "Widana", "Arsana", "Sukadana", "Mertha", "Darma", "Ayu Sri", "Sekar",
     "Astiti", "Puspa", "Wirawan", "Adnyana", "Sumerta", "Ariani",
 ];
 
 /// Christian given names, common in NTT, Sulawesi Utara and Papua.
-pub const CHRISTIAN_MALE: &[&str] = &[
+pub(crate) const CHRISTIAN_MALE: &[&str] = &[
     "Yohanes",
     "Petrus",
     "Paulus",
@@ -232,7 +232,7 @@ pub const CHRISTIAN_MALE: &[&str] = &[
     "Kristian",
 ];
 /// Christian given names for women.
-pub const CHRISTIAN_FEMALE: &[&str] = &[
+pub(crate) const CHRISTIAN_FEMALE: &[&str] = &[
     "Maria",
     "Agustina",
     "Yohana",
@@ -248,7 +248,7 @@ pub const CHRISTIAN_FEMALE: &[&str] = &[
 ];
 
 /// Street and alley names (`JL.`, `GG.`) for synthetic addresses.
-pub const STREETS: &[&str] = &[
+pub(crate) const STREETS: &[&str] = &[
     "JL. SUDIRMAN",
     "JL. AHMAD YANI",
     "JL. GAJAH MADA",

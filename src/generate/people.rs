@@ -254,12 +254,22 @@ pub enum SerialOverflow {
     #[error(
         "kecamatan {kec}: more than 9999 people share the NIK birth-date part {part}; the --people scale is too large for this region"
     )]
-    Nik { kec: String, part: String },
+    Nik {
+        /// Kemendagri code of the kecamatan.
+        kec: String,
+        /// The NIK's DDMMYY birth-date part (40 added to the day for women).
+        part: String,
+    },
     /// KK serials (`0001`..`9999`) ran out for one issue date in a kecamatan.
     #[error(
         "kecamatan {kec}: more than 9999 KK were issued on {part}; the --people scale is too large for this region"
     )]
-    Kk { kec: String, part: String },
+    Kk {
+        /// Kemendagri code of the kecamatan.
+        kec: String,
+        /// The KK's DDMMYY issue-date part.
+        part: String,
+    },
 }
 
 /// Generates the people of one kecamatan, owning its random stream and its

@@ -127,9 +127,15 @@ pub const DG_EXACT_ACCURACY_MAX_SCALE: f64 = 1e5;
 #[serde(tag = "measure", rename_all = "snake_case")]
 pub enum DpBudget {
     /// Zero-concentrated DP: discrete Gaussian noise.
-    ZCdp { rho: f64 },
+    ZCdp {
+        /// zCDP parameter ρ per query.
+        rho: f64,
+    },
     /// Pure DP: discrete Laplace noise.
-    PureDp { epsilon: f64 },
+    PureDp {
+        /// Pure-DP parameter ε per query.
+        epsilon: f64,
+    },
 }
 
 impl DpBudget {
@@ -203,29 +209,51 @@ pub struct DpRelease {
 pub enum DpError {
     /// The budget is not finite or not strictly positive.
     #[error("invalid privacy budget: {parameter} = {value} (must be finite and > 0)")]
-    InvalidBudget { parameter: &'static str, value: f64 },
+    InvalidBudget {
+        /// `"rho"` or `"epsilon"`.
+        parameter: &'static str,
+        /// The rejected value.
+        value: f64,
+    },
     /// Zero grouping sets: nothing to protect, and no sensitivity.
     #[error("grouping_sets = {grouping_sets}: a released table has at least one grouping set")]
-    InvalidGroupingSets { grouping_sets: usize },
+    InvalidGroupingSets {
+        /// The number of grouping sets given (always 0).
+        grouping_sets: usize,
+    },
     /// The per-grouping-set sensitivity is not finite or not positive.
     #[error("sensitivity per grouping set = {value} (must be finite and > 0)")]
-    InvalidSensitivity { value: f64 },
+    InvalidSensitivity {
+        /// The rejected sensitivity per grouping set.
+        value: f64,
+    },
     /// Clamp bounds of a sum are reversed or both zero.
     #[error("clamp bounds [{lo}, {hi}] are invalid (need lo <= hi and not both 0)")]
-    InvalidBounds { lo: i64, hi: i64 },
+    InvalidBounds {
+        /// Lower clamp bound of the summed values.
+        lo: i64,
+        /// Upper clamp bound of the summed values.
+        hi: i64,
+    },
     /// No `f64` scale makes OpenDP's map meet the budget tightly (absurdly
     /// large or small budgets).
     #[error("no noise scale meets {parameter} = {budget} at sensitivity {sensitivity}: {detail}")]
     ScaleSearch {
+        /// `"rho"` or `"epsilon"`.
         parameter: &'static str,
+        /// The per-query budget the scale had to meet.
         budget: f64,
+        /// The L1 (pure DP) or L2 (zCDP) sensitivity of the whole table.
         sensitivity: f64,
+        /// Where the search failed (guess, bracket or tightness).
         detail: String,
     },
     /// OpenDP itself failed.
     #[error("OpenDP failed while {context}: {message}")]
     OpenDp {
+        /// What was being done (`"sampling noise"`, …).
         context: &'static str,
+        /// OpenDP's error variant and message.
         message: String,
     },
 }

@@ -1,6 +1,6 @@
 //! Disclosure control: turns the complete aggregate grid (true values) into
 //! released values. Nothing leaves the process unprotected: the encoders
-//! take only a [`ProtectedTable`], which only [`protect`] can build.
+//! take only a [`ProtectedTable`], which only `protect()` can build.
 //!
 //! Methods (one per agreement):
 //!
@@ -74,13 +74,30 @@ impl Default for SparsityRule {
 /// The protection an agreement prescribes.
 #[derive(Debug, Clone)]
 pub enum Method {
-    CellKey { ptable: Arc<PTable>, k: u64 },
-    Dp { budget: DpBudget, k: u64 },
+    /// Cell-key perturbation: counts perturbed through the ptable.
+    CellKey {
+        /// The checked ptable the counts are perturbed with.
+        ptable: Arc<PTable>,
+        /// Threshold: cells whose released count is below k are withheld.
+        k: u64,
+    },
+    /// Differential privacy: OpenDP noise on every cell of the grid.
+    Dp {
+        /// The per-query privacy parameter (ρ or ε).
+        budget: DpBudget,
+        /// Threshold: rows with a noisy count below k are withheld.
+        k: u64,
+    },
 }
 
+/// How an agreement's releases are protected: the method and the sparsity
+/// rule.
 #[derive(Debug, Clone)]
 pub struct Protection {
+    /// Cell-key perturbation or differential privacy, with its parameters.
     pub method: Method,
+    /// The sparsity rule that refuses (or blocks areas of) mostly-withheld
+    /// tables.
     pub sparsity: SparsityRule,
 }
 
@@ -212,17 +229,30 @@ impl Default for Protection {
 /// How a release was protected, carried in JSON and Parquet metadata.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ReleaseMetadata {
+    /// `"cell_key"` or `"dp"`.
     pub method: String,
+    /// The ptable used, under the cell-key method.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ptable: Option<PtableInfo>,
+    /// The threshold k: released counts below it are withheld.
     pub k: u64,
+    /// Budget, charge and margins of error, under differential privacy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dp: Option<DpInfo>,
+    /// Rows of the protected grid, every grouping set included (before
+    /// HAVING/ORDER BY/LIMIT).
     pub cells: usize,
+    /// Rows withheld because a released count is below k (or, under the
+    /// cell-key method, their households would be).
     pub primary_suppressed: usize,
+    /// Rows withheld so that no primary cell can be derived from margins.
     pub secondary_suppressed: usize,
+    /// Values of the first (region) key column whose areas fail the
+    /// sparsity rule; all their rows are withheld as `blocked`.
     pub blocked_areas: Vec<String>,
+    /// Id of the snapshot the release was computed from.
     pub snapshot: String,
+    /// The snapshot's reference date (`YYYY-MM-DD`).
     pub tanggal_data: String,
     /// A plain-language note for the reader (Bahasa Indonesia).
     pub catatan: String,
@@ -239,24 +269,38 @@ pub struct BudgetInfo {
     pub period: String,
     /// `rho` or `epsilon`.
     pub measure: String,
+    /// The agreement's budget per period (`budget_per_period`).
     pub allowance: f64,
     /// Committed and pending charges, this release included.
     pub spent: f64,
+    /// What is left of the allowance (and under the lifetime ceiling, if
+    /// any), never below 0.
     pub remaining: f64,
 }
 
+/// The ptable of a cell-key release, as its metadata names it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PtableInfo {
+    /// The ptable's file name, or the label of its generation parameters.
     pub name: String,
+    /// SHA-256 (hex) of the text the ptable was loaded from (of `to_csv()`
+    /// for a generated one).
     pub sha256: String,
+    /// `D`: the largest absolute perturbation of a released count.
     pub max_perturbation: u32,
+    /// `V`: the variance of the perturbation (the generation target, or
+    /// the top row's variance for a loaded table).
     pub variance: f64,
+    /// Blocking threshold: counts `1..=js` are never published.
     pub js: u32,
+    /// The key range: cell keys run `0..keys`.
     pub keys: u32,
 }
 
+/// The differential privacy of a release.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct DpInfo {
+    /// The agreement's per-query parameter (ρ or ε).
     pub budget: DpBudget,
     /// Privacy loss charged, as OpenDP's maps returned it (summed).
     pub charge: DpCharge,
@@ -268,8 +312,11 @@ pub struct DpInfo {
     pub reused: bool,
 }
 
+/// The noise on one released column under differential privacy.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct DpColumn {
+    /// Noise scale: sigma of the discrete Gaussian, or the discrete Laplace
+    /// scale (for an AVG, that of its sum).
     pub scale: f64,
     /// Half-width of the 95% interval of a released value of the column;
     /// for an AVG, of the released ratio (delta method), at the published
@@ -303,15 +350,19 @@ pub struct ProtectedTable {
 }
 
 impl ProtectedTable {
+    /// Key columns, released aggregate columns, then `suppression`.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
     }
+    /// The released rows (NULL where withheld).
     pub fn batches(&self) -> &[RecordBatch] {
         &self.batches
     }
+    /// How the release was protected.
     pub fn metadata(&self) -> &ReleaseMetadata {
         &self.metadata
     }
+    /// Rows released, over all batches.
     pub fn num_rows(&self) -> usize {
         self.batches.iter().map(RecordBatch::num_rows).sum()
     }
@@ -492,7 +543,7 @@ fn sparse(withheld: &[bool], rule: &SparsityRule) -> bool {
 
 /// What a DP release of a validated plan would charge and how precise it
 /// would be, computed without touching data (the dry-run cost endpoint and
-/// the ledger reservation). Identical to what [`protect`] charges.
+/// the ledger reservation). Identical to what `protect()` charges.
 #[derive(Debug, Clone, Serialize)]
 pub struct DpCost {
     /// The total charge: the sum of OpenDP's privacy maps.
@@ -524,7 +575,7 @@ fn budget_share(budget: DpBudget, aggregates: &[AggregateKind]) -> DpBudget {
 }
 
 /// The cost of releasing `aggregates` over `grouping_sets` under `budget`:
-/// the same even split over aggregates (AVG counts twice) as [`protect`].
+/// the same even split over aggregates (AVG counts twice) as `protect()`.
 ///
 /// An AVG's margin is that of the released ratio (delta method) for the
 /// least favourable published cell: a count of `k` whose values all sit at

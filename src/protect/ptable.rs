@@ -236,14 +236,20 @@ pub enum PTableError {
     #[error(
         "ptable '{name}' is empty: expected the header line `{CSV_HEADER}` followed by lines such as `0,0-255,0`"
     )]
-    Empty { name: String },
+    Empty {
+        /// The table's name, as given to [`PTable::from_csv`].
+        name: String,
+    },
     /// The first line is not the expected CSV header.
     #[error(
         "ptable '{name}' line {line}: header is `{found}`; the first line must be `{CSV_HEADER}` (ONS/Cantabular layout)"
     )]
     BadHeader {
+        /// The table's name, as given to [`PTable::from_csv`].
         name: String,
+        /// 1-based CSV line (header = line 1).
         line: usize,
+        /// The first line as found.
         found: String,
     },
     /// A line without exactly three fields.
@@ -251,8 +257,11 @@ pub enum PTableError {
         "ptable '{name}' line {line}: {found} field(s); expected 3 (cell_value,cell_key,perturbation), e.g. `12,0-31,-2`"
     )]
     FieldCount {
+        /// The table's name, as given to [`PTable::from_csv`].
         name: String,
+        /// 1-based CSV line (header = line 1).
         line: usize,
+        /// Number of comma-separated fields on the line.
         found: usize,
     },
     /// A field that is not a number of the expected kind.
@@ -260,11 +269,17 @@ pub enum PTableError {
         "ptable '{name}' line {line}: {field} `{value}` is not {expected}; write e.g. `{example}`"
     )]
     BadNumber {
+        /// The table's name, as given to [`PTable::from_csv`].
         name: String,
+        /// 1-based CSV line (header = line 1).
         line: usize,
+        /// The column: `cell_value`, `cell_key` or `perturbation`.
         field: &'static str,
+        /// The field's text as found (a whole key range for either end).
         value: String,
+        /// What kind of number the column takes, for the message.
         expected: &'static str,
+        /// A valid line to show in the message.
         example: &'static str,
     },
     /// A `cell_key` range whose first key is larger than its last.
@@ -272,10 +287,15 @@ pub enum PTableError {
         "ptable '{name}' line {line}: cell_key range `{value}` runs backwards; write the smaller key first (`{lo}-{hi}`)"
     )]
     BackwardRange {
+        /// The table's name, as given to [`PTable::from_csv`].
         name: String,
+        /// 1-based CSV line (header = line 1).
         line: usize,
+        /// The `cell_key` field as found.
         value: String,
+        /// The smaller of the two keys.
         lo: u32,
+        /// The larger of the two keys.
         hi: u32,
     },
     /// A cell value or cell key beyond the supported size.
@@ -283,10 +303,17 @@ pub enum PTableError {
         "ptable '{name}' line {line}: {what} {value} exceeds the limit {limit}; ptables this large are not supported, check the value"
     )]
     TooLarge {
+        /// The table's name, as given to [`PTable::from_csv`].
         name: String,
+        /// 1-based CSV line (header = line 1).
         line: usize,
+        /// What is too large: `cell_value`, `cell_key` or the number of
+        /// entries.
         what: &'static str,
+        /// The value found.
         value: u64,
+        /// The largest value supported ([`MAX_CELL_VALUE`], [`MAX_KEYS`] - 1
+        /// or [`MAX_ENTRIES`]).
         limit: u64,
     },
     /// A perturbation that would publish a negative count.
@@ -294,10 +321,15 @@ pub enum PTableError {
         "ptable '{name}' line {line}: cell_value {cell_value} with perturbation {perturbation} publishes {published}; a perturbation must be at least -cell_value"
     )]
     NegativeOutput {
+        /// The table's name, as given to [`PTable::from_csv`].
         name: String,
+        /// 1-based CSV line (header = line 1).
         line: usize,
+        /// The line's true count.
         cell_value: u32,
+        /// The line's perturbation.
         perturbation: i32,
+        /// The negative count it would publish (`cell_value + perturbation`).
         published: i64,
     },
     /// A `(cell_value, cell_key)` pair given by more than one line.
@@ -305,10 +337,15 @@ pub enum PTableError {
         "ptable '{name}' line {line}: cell_value {cell_value}, keys {keys} are already covered by line {first_line}; each (cell_value, cell_key) must appear exactly once: remove or narrow one of the two ranges"
     )]
     Overlap {
+        /// The table's name, as given to [`PTable::from_csv`].
         name: String,
+        /// 1-based CSV line (header = line 1).
         line: usize,
+        /// The earlier line that already covers the keys.
         first_line: usize,
+        /// The row (true count) concerned.
         cell_value: u32,
+        /// The keys covered twice, as compact ranges (`0-3,7`).
         keys: String,
     },
     /// The lines for one cell value leave some cell keys uncovered.
@@ -316,10 +353,15 @@ pub enum PTableError {
         "ptable '{name}' line {line}: the lines for cell_value {cell_value} (from line {line}) do not cover keys {keys}; every row must cover keys 0-{last_key}: add lines for the missing keys"
     )]
     MissingKeys {
+        /// The table's name, as given to [`PTable::from_csv`].
         name: String,
+        /// The first line for this cell value (1-based).
         line: usize,
+        /// The row (true count) with uncovered keys.
         cell_value: u32,
+        /// The uncovered keys, as compact ranges (`0-3,7`).
         keys: String,
+        /// The table's largest cell key.
         last_key: u32,
     },
     /// A cell value between 0 and the largest one has no lines.
@@ -327,10 +369,16 @@ pub enum PTableError {
         "ptable '{name}' line {line}: no line for cell_value {cell_value}, but rows must run 0..={max_value} without gaps; add lines `{cell_value},0-{last_key},<perturbation>` (e.g. before line {line})"
     )]
     MissingRow {
+        /// The table's name, as given to [`PTable::from_csv`].
         name: String,
+        /// The first line of the next cell value present (1-based), where
+        /// the missing lines belong.
         line: usize,
+        /// The cell value with no lines.
         cell_value: u32,
+        /// The table's largest cell value.
         max_value: u32,
+        /// The table's largest cell key.
         last_key: u32,
     },
     /// The table has only row 0, which perturbs nothing.
@@ -338,15 +386,22 @@ pub enum PTableError {
         "ptable '{name}' line {line}: the largest cell_value is {max_value}; a ptable needs rows 0..=max with max >= 1 (row 0 alone perturbs nothing)"
     )]
     TooFewRows {
+        /// The table's name, as given to [`PTable::from_csv`].
         name: String,
+        /// The last data line (1-based).
         line: usize,
+        /// The largest cell value found (0).
         max_value: u32,
     },
     /// A generation parameter out of its valid range.
     #[error("ptable parameters: {field} = {value}: {reason}")]
     InvalidParams {
+        /// The parameter: `keys`, `max_perturbation (D)`, `variance (V)`,
+        /// `js` or `max_cell_value`.
         field: &'static str,
+        /// The rejected value, as text.
         value: String,
+        /// Why it is out of range and what to use instead.
         reason: String,
     },
     /// `max_cell_value` is too small for D and js: counts above it would wrap
@@ -355,19 +410,32 @@ pub enum PTableError {
         "ptable parameters: max_cell_value {max_value} is too small for D={d}, js={js}: counts above it wrap onto rows {wrap_start}..={max_value}, but rows below {stationary} differ from the large-count distribution; use max_cell_value >= {needed} or leave it unset (default {default})"
     )]
     MaxValueTooSmall {
+        /// The requested `max_cell_value`.
         max_value: u32,
+        /// `D`: the largest absolute perturbation.
         d: u32,
+        /// The blocking threshold `js`.
         js: u32,
+        /// First of the wrap rows that counts above `max_value` reuse.
         wrap_start: u32,
+        /// First row with the full support `-D..=D` (`js + D + 1`).
         stationary: u32,
+        /// The smallest `max_cell_value` that would be accepted.
         needed: u32,
+        /// The default `max_cell_value`, `2·(js + D + 1)`.
         default: u32,
     },
     /// The maximum-entropy solve for one row did not converge.
     #[error(
         "ptable generation: the maximum-entropy solve for cell_value {cell_value} did not converge ({detail}); try a variance further from the row's feasible bounds or a smaller D"
     )]
-    NotConverged { cell_value: u32, detail: String },
+    NotConverged {
+        /// The row (true count) whose distribution was being solved.
+        cell_value: u32,
+        /// Why the solve failed (no unbiased distribution on the row's
+        /// support).
+        detail: String,
+    },
 }
 
 /// A perturbation table: for each cell value `0..=max_value`, one

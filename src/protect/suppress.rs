@@ -177,23 +177,35 @@ pub enum SuppressError {
     /// A cell whose coordinate count differs from the number of dimensions.
     #[error("cell {index} has {found} coordinates but the table has {expected} dimensions")]
     CoordinateCount {
+        /// Position of the cell in [`GridTable::cells`].
         index: usize,
+        /// The number of dimensions of the table.
         expected: usize,
+        /// The number of coordinates the cell has.
         found: usize,
     },
     /// Two cells with the same coordinates.
     #[error("cell {cell} appears twice (cells {first} and {second})")]
     DuplicateCell {
+        /// The cell's coordinates as text: `(dim=code, …)`, `Total` for a
+        /// margin.
         cell: String,
+        /// Position of the first occurrence in [`GridTable::cells`].
         first: usize,
+        /// Position of the second occurrence.
         second: usize,
     },
     /// A margin that is not the sum of the inner cells it aggregates.
     #[error("{cell} has value {value} but the inner cells it aggregates sum to {sum}")]
     Inconsistent {
+        /// Position of the margin in [`GridTable::cells`].
         index: usize,
+        /// The cell's coordinates as text: `(dim=code, …)`, `Total` for a
+        /// margin.
         cell: String,
+        /// The margin's count.
         value: u64,
+        /// The sum of the inner cells it aggregates.
         sum: u128,
     },
     /// Exact arithmetic overflowed while checking what the pattern reveals.
@@ -201,39 +213,70 @@ pub enum SuppressError {
     Overflow,
     /// A cell that stays derivable even with every candidate cell suppressed.
     #[error("cannot protect {cell}: it stays derivable with every candidate suppressed")]
-    Unprotectable { cell: String },
+    Unprotectable {
+        /// The protected cell that stays derivable, as coordinates.
+        cell: String,
+    },
     /// The input is not valid CSV.
     #[error("CSV line {line}: {message}")]
-    Csv { line: u64, message: String },
+    Csv {
+        /// 1-based line of the CSV input (0 when unknown).
+        line: u64,
+        /// The CSV reader's error.
+        message: String,
+    },
     /// A requested dimension or value column is not in the header.
     #[error("missing column `{column}` (the header has: {available})")]
-    MissingColumn { column: String, available: String },
+    MissingColumn {
+        /// The requested column.
+        column: String,
+        /// The header's columns, comma-separated.
+        available: String,
+    },
     /// The same column was requested twice (as dimensions or as the value).
     #[error("column `{column}` is named more than once in the options")]
-    RepeatedColumn { column: String },
+    RepeatedColumn {
+        /// The column named twice.
+        column: String,
+    },
     /// The input already has the `suppression` column that would be appended.
     #[error("the input already has a column named `{column}`")]
-    ColumnClash { column: String },
+    ColumnClash {
+        /// The clashing name, [`SUPPRESSION_COLUMN`].
+        column: String,
+    },
     /// A value that is not a non-negative integer.
     #[error("line {line}: value `{value}` in column `{column}` is not a non-negative integer")]
     BadValue {
+        /// 1-based line of the CSV input (header = line 1).
         line: u64,
+        /// The value column.
         column: String,
+        /// The field's text as found.
         value: String,
     },
     /// Two rows with the same cell coordinates.
     #[error("line {line}: cell {cell} already appears on line {first_line}")]
     DuplicateRow {
+        /// 1-based line of the CSV input (header = line 1).
         line: u64,
+        /// The line where the cell first appears.
         first_line: u64,
+        /// The cell's coordinates as text: `(dim=code, …)`, `Total` for a
+        /// margin.
         cell: String,
     },
     /// A margin row that is not the sum of the inner rows it aggregates.
     #[error("line {line}: {cell} has value {value} but the inner cells it aggregates sum to {sum}")]
     InconsistentRow {
+        /// 1-based line of the CSV input (header = line 1).
         line: u64,
+        /// The cell's coordinates as text: `(dim=code, …)`, `Total` for a
+        /// margin.
         cell: String,
+        /// The margin row's count.
         value: u64,
+        /// The sum of the inner rows it aggregates.
         sum: u128,
     },
 }

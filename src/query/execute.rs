@@ -53,6 +53,8 @@ pub struct QueryResult {
     pub table: ProtectedTable,
     /// Cells of the complete aggregate grid (before HAVING/LIMIT).
     pub cells: usize,
+    /// The plan that was executed: validated, with the agreement's region
+    /// scope applied.
     pub plan: ValidatedPlan,
     /// Result cells that fell outside the public grid and were dropped.
     /// For the operator's audit log only: never shown to the caller,
@@ -61,6 +63,7 @@ pub struct QueryResult {
 }
 
 impl QueryResult {
+    /// Rows of the released table.
     pub fn num_rows(&self) -> usize {
         self.table.num_rows()
     }

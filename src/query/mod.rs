@@ -2,8 +2,9 @@
 //!
 //! 1. [`plan`]: SQL text to a read-only DataFusion `LogicalPlan`;
 //! 2. [`validate`]: the plan must be an aggregate over `penduduk` that the
-//!    caller's agreement permits; produces a [`validate::ValidatedPlan`];
-//! 3. [`execute`]: runs the aggregate with the agreement's region scope,
+//!    caller's agreement permits; produces a [`validate::ValidatedPlan`],
+//!    and nothing evaluated over `penduduk` may fail at run time (`total`);
+//! 3. [`execute`](mod@execute): runs the aggregate with the agreement's region scope,
 //!    completes the result grid with zero cells, and hands the table to
 //!    protection before the post-plan (HAVING, ORDER BY, LIMIT) runs.
 

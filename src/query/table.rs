@@ -38,7 +38,7 @@ pub enum Measure {
 }
 
 /// A table: measures over a cross-classification, restricted to chosen
-/// categories, with margins. Built only by [`compile`].
+/// categories, with margins. Built only by `compile`, from a validated plan.
 #[derive(Debug, Clone)]
 pub struct TableSpec {
     dims: Vec<String>,

@@ -33,7 +33,7 @@ const MAX_LITERAL_ARGUMENT: i64 = 1_000_000;
 /// or below the aggregate could fail at run time on some values. Also
 /// refuses a plan DataFusion's analyzer cannot type (`-1 BETWEEN TRUE AND
 /// 1`), as a mistake in the query rather than an engine failure.
-pub fn check(engine: &Engine, plan: &LogicalPlan) -> Result<(), QueryError> {
+pub(crate) fn check(engine: &Engine, plan: &LogicalPlan) -> Result<(), QueryError> {
     let state = engine.context().state();
     let analyzed = state
         .analyzer()
@@ -285,9 +285,10 @@ fn check_binary(
             "use LIKE with a literal pattern, IN (...) or starts_with",
         ),
         O::Plus | O::Minus | O::Multiply | O::Divide | O::Modulo
-            if [&l, &r]
-                .iter()
-                .any(|t| t.as_ref().is_none_or(|t| !(t.is_integer() || t.is_floating()))) =>
+            if [&l, &r].iter().any(|t| {
+                t.as_ref()
+                    .is_none_or(|t| !(t.is_integer() || t.is_floating()))
+            }) =>
         {
             refuse(
                 e,
@@ -332,8 +333,8 @@ fn check_function(
         // Total on every value: ours return NULL outside their domain, the
         // text functions and comparisons cannot fail on any string.
         UMUR | UMUR_PADA | TAHUN | KELOMPOK_UMUR | "wajib_ktp" | "upper" | "lower" | "trim"
-        | "btrim" | "ltrim" | "rtrim" | "starts_with" | "ends_with" | "length"
-        | "char_length" | "character_length" | "coalesce" | "nullif" | "floor" | "ceil" => Ok(()),
+        | "btrim" | "ltrim" | "rtrim" | "starts_with" | "ends_with" | "length" | "char_length"
+        | "character_length" | "coalesce" | "nullif" | "floor" | "ceil" => Ok(()),
         "abs" => match args.first().and_then(type_of) {
             Some(t) if t.is_floating() => Ok(()),
             _ => refuse(
@@ -440,9 +441,7 @@ fn cast_is_total(from: &DataType, to: &DataType) -> bool {
         return tl <= fl && fh <= th;
     }
     match (from, to) {
-        (DataType::Null, _) | (DataType::Boolean, _) if to.is_integer() || to.is_floating() => {
-            true
-        }
+        (DataType::Null, _) | (DataType::Boolean, _) if to.is_integer() || to.is_floating() => true,
         (DataType::Null | DataType::Boolean, DataType::Boolean) => true,
         (f, DataType::Boolean) => f.is_integer() || f.is_floating(),
         // Out-of-range floats become infinity, not an error.

@@ -163,7 +163,10 @@ pub(super) fn multi_address_tokens<'a>(
 /// keep their case), and the literals in order of appearance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SqlTemplate {
+    /// The normalised SQL with every literal replaced by `?`.
     pub template: String,
+    /// The literals as written, in order of appearance (strings keep
+    /// their single quotes: `'61.71.01'`).
     pub literals: Vec<String>,
 }
 

@@ -157,14 +157,21 @@ pub const TOP_ADDRESSES: usize = 10;
 /// One agreement as the policy files describe it; filled by the caller.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgreementInfo {
+    /// The agreement's id, as in the audit log.
     pub id: String,
+    /// The institution (OPD) that signed the PKS, by its full name.
     pub institution: String,
+    /// The PKS's document number.
     pub pks_number: String,
     /// `trial` or `production`.
     pub stage: String,
+    /// First day of validity.
     pub valid_from: NaiveDate,
+    /// Last day of validity, inclusive.
     pub valid_until: NaiveDate,
+    /// Catalog elements the PKS permits.
     pub permitted_elements: Vec<String>,
+    /// Protected elements covered by the minister's permission.
     pub minister_permission: Vec<String>,
     /// `cell_key` or `dp`.
     pub method: String,
@@ -214,6 +221,7 @@ pub fn window_bounds(from: NaiveDate, to: NaiveDate) -> (String, String) {
 pub struct Report {
     /// Chain verification; first, so a broken chain leads the JSON too.
     pub chain: ChainSummary,
+    /// The report's title ([`TITLE`]).
     pub title: String,
     /// First day of the window (WIB), `YYYY-MM-DD`.
     pub from: String,
@@ -224,8 +232,11 @@ pub struct Report {
     /// When the report was generated: `as_of` unless the caller sets a
     /// timestamp (the report is built without reading the clock).
     pub generated_at: String,
+    /// The one agreement reported, when the caller asked for only one.
     pub agreement_filter: Option<String>,
+    /// Totals over the window.
     pub summary: Summary,
+    /// Requests per ISO week per agreement.
     pub weekly: Weekly,
     /// The most frequent rejection codes, at most [`TOP_CODES`].
     pub top_rejection_codes: Vec<CodeCount>,
@@ -233,6 +244,7 @@ pub struct Report {
     pub snapshots: Vec<SnapshotUse>,
     /// Unauthenticated refusals (counted, not in the chain).
     pub unauthenticated: Unauthenticated,
+    /// One section per reported agreement, by id.
     pub agreements: Vec<AgreementReport>,
     /// The detection rules, printed as footnotes.
     pub rules: Vec<Rule>,
@@ -241,6 +253,7 @@ pub struct Report {
 /// The chain verification as reported.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChainSummary {
+    /// True when the whole chain verifies.
     pub ok: bool,
     /// Records in the whole log.
     pub entries: u64,
@@ -254,11 +267,16 @@ pub struct ChainSummary {
     pub message: String,
 }
 
+/// Requests counted by outcome.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct RequestCounts {
+    /// Every request.
     pub total: u64,
+    /// Answered.
     pub accepted: u64,
+    /// Refused by a gate.
     pub rejected: u64,
+    /// Failed while executing.
     pub failed: u64,
 }
 
@@ -273,6 +291,7 @@ impl RequestCounts {
     }
 }
 
+/// Totals over the window, for the summary section.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
     /// Every request in the window (of the filtered agreement, if any).
@@ -285,9 +304,13 @@ pub struct Summary {
     pub records_ignored: u64,
 }
 
+/// How often one refusal or error code occurred.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CodeCount {
+    /// The code, e.g. `element_not_permitted`; `(tanpa kode)` for requests
+    /// logged without one.
     pub code: String,
+    /// Requests (or unauthenticated refusals) with this code.
     pub count: u64,
 }
 
@@ -298,6 +321,7 @@ pub struct CodeCount {
 /// belong to no agreement: with an agreement filter they are not shown.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Unauthenticated {
+    /// Refusals in the window.
     pub total: u64,
     /// Every code, most frequent first.
     pub by_code: Vec<CodeCount>,
@@ -307,11 +331,13 @@ pub struct Unauthenticated {
     pub top_addresses: Vec<AddressCount>,
 }
 
+/// The unauthenticated refusals of one client address in the window.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AddressCount {
     /// `""` when the address was unknown; `*` for the addresses counted
     /// together once the service held too many distinct ones.
     pub address: String,
+    /// Refusals from this address.
     pub count: u64,
     /// Minutes with at least one refusal.
     pub minutes: u64,
@@ -319,10 +345,14 @@ pub struct AddressCount {
     pub top_code: String,
 }
 
+/// How often one snapshot was queried in the window.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SnapshotUse {
+    /// The snapshot id.
     pub snapshot: String,
+    /// Requests that ran on it.
     pub requests: u64,
+    /// Of those, accepted.
     pub accepted: u64,
 }
 
@@ -331,9 +361,12 @@ pub struct SnapshotUse {
 pub struct Weekly {
     /// Every ISO week touching the window, e.g. `2026-W03`.
     pub weeks: Vec<String>,
+    /// One series per reported agreement, then one for requests without an
+    /// agreement (`-`) when there are any and no filter is set.
     pub series: Vec<WeeklySeries>,
 }
 
+/// The weekly request counts of one agreement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WeeklySeries {
     /// Agreement id (`-` for requests without one).
@@ -355,6 +388,7 @@ pub enum Severity {
 }
 
 impl Severity {
+    /// The lower-case name (`danger`, `warning`, `info`), as serialised.
     pub fn as_str(self) -> &'static str {
         match self {
             Severity::Danger => "danger",
@@ -367,40 +401,61 @@ impl Severity {
 /// One thing the reviewer should look at, in Indonesian.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Finding {
+    /// How much attention it needs.
     pub severity: Severity,
     /// Stable code, e.g. `expiry`, `differencing`.
     pub code: String,
+    /// The finding for the reader, in Indonesian.
     pub message: String,
 }
 
+/// The section of one agreement.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AgreementReport {
+    /// The agreement's id.
     pub id: String,
     /// False when the agreement appears only in the log.
     pub in_policy: bool,
     /// Findings of all sections, most severe first.
     pub findings: Vec<Finding>,
+    /// *Identitas*: the PKS details and validity checks.
     pub identity: Identity,
+    /// *Permintaan*: requests by outcome and code.
     pub requests: Requests,
+    /// *Elemen*: elements used against those permitted.
     pub elements: Elements,
+    /// *Anggaran*: the DP budget per period and the suppression share.
     pub budget: Budget,
+    /// *Kueri tersimpan*: the saved queries run, most requested first.
     pub saved_queries: Vec<SavedQueryUse>,
+    /// *Pola yang perlu diperiksa*: differencing, off-hours bursts, shared
+    /// tokens.
     pub patterns: Patterns,
 }
 
+/// The *Identitas* section. The PKS details are `None` for an agreement
+/// that is no longer in the policy.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Identity {
+    /// The institution (OPD) that signed the PKS.
     pub institution: Option<String>,
+    /// The PKS's document number.
     pub pks_number: Option<String>,
+    /// `trial` or `production`.
     pub stage: Option<String>,
+    /// First day of validity, `YYYY-MM-DD`.
     pub valid_from: Option<String>,
+    /// Last day of validity (inclusive), `YYYY-MM-DD`.
     pub valid_until: Option<String>,
+    /// Protection method: `cell_key` or `dp`.
     pub method: Option<String>,
+    /// DP allowance per six-month period.
     pub budget_per_period: Option<f64>,
     /// `valid_until - as_of` in days (negative: already ended).
     pub days_until_expiry: Option<i64>,
     /// Ends within [`EXPIRY_WARNING_DAYS`] or already ended.
     pub expiry_warning: bool,
+    /// Requests of the window dated outside the validity.
     pub outside_validity: OutsideValidity,
 }
 
@@ -409,25 +464,35 @@ pub struct Identity {
 pub struct OutsideValidity {
     /// False when the validity is unknown (agreement not in the policy).
     pub checked: bool,
+    /// Requests dated before `valid_from`.
     pub before_valid_from: u64,
+    /// Requests dated after `valid_until`.
     pub after_valid_until: u64,
+    /// Requests outside the validity, either side.
     pub total: u64,
     /// Of those, accepted (should be 0).
     pub accepted: u64,
 }
 
+/// The *Permintaan* section.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Requests {
+    /// The agreement's requests by outcome.
     pub counts: RequestCounts,
+    /// Rejected requests by code, most frequent first.
     pub rejections_by_code: Vec<CodeCount>,
+    /// Failed requests by code, most frequent first.
     pub failures_by_code: Vec<CodeCount>,
+    /// Sensitive rejections and the spike rule.
     pub sensitive: SensitiveRejections,
 }
 
 /// Rejections with sensitive codes and the spike rule.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SensitiveRejections {
+    /// Rejections with a sensitive code ([`is_sensitive_code`]).
     pub total: u64,
+    /// Those rejections by code, most frequent first.
     pub by_code: Vec<CodeCount>,
     /// Most sensitive rejections in any [`SPIKE_WINDOW_HOURS`] window.
     pub max_in_window: u64,
@@ -435,9 +500,11 @@ pub struct SensitiveRejections {
     pub window_start: Option<String>,
     /// Share of the agreement's requests, in percent.
     pub share_percent: Option<f64>,
+    /// The spike rule fires (by the window count or by the share).
     pub spike: bool,
 }
 
+/// The *Elemen* section.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Elements {
     /// Permitted elements in the policy.
@@ -454,29 +521,40 @@ pub struct Elements {
     pub used_not_permitted: Vec<ElementUse>,
 }
 
+/// One element and how many releases touched it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ElementUse {
+    /// The catalog element, e.g. `jenis_kelamin`.
     pub element: String,
+    /// Releases that touched it.
     pub queries: u64,
 }
 
+/// The *Anggaran* section.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Budget {
+    /// Protection method (`cell_key` or `dp`); `None` when the agreement is
+    /// no longer in the policy.
     pub method: Option<String>,
     /// Ledger figures per period (DP agreements, or any agreement with
     /// ledger rows in the window's periods).
     pub periods: Vec<PeriodBudget>,
+    /// Suppressed cells over the releases, for every method.
     pub suppression: Suppression,
 }
 
+/// The budget ledger of one agreement in one six-month period.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PeriodBudget {
     /// `YYYY-S1` or `YYYY-S2`.
     pub period: String,
+    /// Sum of the committed ledger rows' amounts.
     pub committed: f64,
+    /// Sum of the pending ledger rows' amounts (counted as spent).
     pub pending: f64,
     /// Committed plus pending.
     pub spent: f64,
+    /// The agreement's `budget_per_period`, if it has one.
     pub allowance: Option<f64>,
     /// `spent / allowance`, in percent.
     pub percent: Option<f64>,
@@ -486,26 +564,37 @@ pub struct PeriodBudget {
     pub pending_reservations: u64,
 }
 
+/// Cells released and suppressed over an agreement's releases.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Suppression {
     /// Releases (accepted queries that returned data).
     pub releases: u64,
+    /// Cells in the releases' result grids.
     pub cells: u64,
+    /// Of those, cells suppressed by disclosure control.
     pub suppressed_cells: u64,
     /// `suppressed_cells / cells`, in percent.
     pub percent: Option<f64>,
 }
 
+/// How often one saved query ran.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SavedQueryUse {
+    /// The saved query's name (`/v1/queries/{name}`).
     pub name: String,
+    /// Its requests by outcome.
     pub requests: RequestCounts,
 }
 
+/// The *Pola yang perlu diperiksa* section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Patterns {
+    /// Templates of ad-hoc releases asked with several values in one
+    /// literal position.
     pub differencing: Vec<DifferencingFinding>,
+    /// Requests outside office hours and the bursts among them.
     pub off_hours: OffHours,
+    /// Tokens seen from more than one client address.
     pub multi_address_tokens: Vec<TokenAddresses>,
 }
 
@@ -524,12 +613,17 @@ pub struct DifferencingFinding {
     pub queries: u64,
 }
 
+/// A value and how many requests used it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WeightedValue {
+    /// A literal at the varying position (differencing) or a client address
+    /// without its port (shared tokens).
     pub value: String,
+    /// Releases (differencing) or requests (shared tokens) with this value.
     pub requests: u64,
 }
 
+/// Requests outside office hours.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OffHours {
     /// Requests outside office hours.
@@ -538,6 +632,7 @@ pub struct OffHours {
     pub bursts: Vec<HourBucket>,
 }
 
+/// One clock hour (WIB) with an off-hours burst.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HourBucket {
     /// WIB date.
@@ -546,11 +641,14 @@ pub struct HourBucket {
     pub weekday: String,
     /// WIB hour: the bucket is `hour:00–hour:59`.
     pub hour: u32,
+    /// Off-hours requests in that hour.
     pub requests: u64,
 }
 
+/// A token used from more than one client address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TokenAddresses {
+    /// The token's id (never the token itself).
     pub token_id: String,
     /// Each address and its requests.
     pub addresses: Vec<WeightedValue>,
@@ -559,7 +657,9 @@ pub struct TokenAddresses {
 /// A detection rule as printed in the footnotes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Rule {
+    /// Stable id, e.g. `expiry`, `differencing`.
     pub id: String,
+    /// The rule in Indonesian, with its thresholds.
     pub text: String,
 }
 
@@ -1323,9 +1423,13 @@ fn rules() -> Vec<Rule> {
 /// Output format of [`render`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// One self-contained HTML file, printable on A4.
     Html,
+    /// Markdown.
     Markdown,
+    /// Long-format CSV: `section,agreement,metric,key,value`.
     Csv,
+    /// The [`Report`] as pretty-printed JSON.
     Json,
 }
 
@@ -1356,12 +1460,17 @@ impl FromStr for Format {
     }
 }
 
+/// Why a format name could not be parsed or a report not rendered.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
+    /// A format name other than `html`, `md`, `markdown`, `csv` or `json`
+    /// (the name as given).
     #[error("unknown report format {0:?}; use html, md, csv or json")]
     UnknownFormat(String),
+    /// Serialising the report as JSON failed.
     #[error("cannot write the report as JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// Writing the CSV failed.
     #[error("cannot write the report as CSV: {0}")]
     Csv(#[from] csv::Error),
 }

@@ -152,14 +152,18 @@ pub struct QueryRequest {
 #[schema(rename_all = "lowercase")]
 #[allow(dead_code)] // documents the query parameter; parsed in `negotiate`
 pub enum OutputFormat {
+    /// `application/json`: columns, rows and protection metadata.
     Json,
+    /// `text/csv`, protection metadata in `X-Agregat-Protection`.
     Csv,
+    /// `application/vnd.apache.parquet`.
     Parquet,
 }
 
 /// A JSON release (the `format=json` body).
 #[derive(Serialize, ToSchema)]
 pub struct ReleaseJson {
+    /// Column names of the released table, in the order of each row.
     pub columns: Vec<String>,
     /// One array per row: strings for group keys, numbers for released
     /// values, null for withheld cells.
@@ -173,10 +177,13 @@ pub struct ReleaseJson {
 /// The dry run's answer.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct CostResponse {
+    /// The snapshot the query would run on.
     pub snapshot: String,
     /// Cells of the complete result grid.
     pub cells: usize,
+    /// The agreement's limit on the cells of one result grid.
     pub max_cells: usize,
+    /// Group-by dimensions of the query.
     pub dimensions: usize,
     /// `cell_key` or `dp`.
     pub method: String,
@@ -184,6 +191,8 @@ pub struct CostResponse {
     pub k: u64,
     /// Catalog elements the query uses.
     pub elements: Vec<String>,
+    /// SHA-256 of the canonical aggregate plan: equal for the same question
+    /// however it is written.
     pub plan_fingerprint: String,
     /// Cell-key: the largest perturbation of one cell.
     pub max_perturbation: Option<u32>,
@@ -195,6 +204,8 @@ pub struct CostResponse {
     /// DP: 95% margin of error per aggregate column.
     #[schema(value_type = Option<Object>)]
     pub margin_of_error_95: Option<Map<String, Value>>,
+    /// DP: whether the question was released before, so the earlier
+    /// release would be returned again at no charge.
     pub would_reuse: bool,
     /// DP: the budget this period before the query.
     pub budget: Option<BudgetResponse>,
@@ -203,15 +214,22 @@ pub struct CostResponse {
 /// Privacy budget of the caller's agreement in the current period.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct BudgetResponse {
+    /// The caller's agreement id.
     pub agreement: String,
+    /// The agreement's protection method: `cell_key` or `dp`.
     pub method: String,
     /// `YEAR-S1` (Jan–Jun) or `YEAR-S2` (Jul–Dec).
     pub period: String,
+    /// DP: `rho` (zCDP) or `epsilon` (pure DP).
     pub measure: Option<String>,
+    /// DP: the agreement's allowance per period.
     pub allowance: Option<f64>,
     /// Committed plus pending charges.
     pub spent: Option<f64>,
+    /// DP: what is left of the allowance, also capped by the lifetime
+    /// ceiling.
     pub remaining: Option<f64>,
+    /// DP: the charge of one fresh query.
     pub per_query: Option<f64>,
     /// Fresh queries at the per-query charge that still fit.
     pub queries_left: Option<u64>,
@@ -221,18 +239,25 @@ pub struct BudgetResponse {
     /// Cell-key: the released margins closest to the averaging floor, per
     /// snapshot (a new breakdown of a margin at the floor is refused).
     pub margins: Vec<MarginRow>,
+    /// How the method spends budget, in words.
     pub note: String,
 }
 
+/// DP: the per-person lifetime privacy-loss ceiling and its use.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct LifetimeBudget {
+    /// The ceiling (`lifetime_privacy_loss` of the service limits).
     pub ceiling: f64,
+    /// Charged by all agreements in all periods.
     pub spent: f64,
+    /// What is left under the ceiling (never below 0).
     pub remaining: f64,
 }
 
+/// Cell-key: how close one released margin is to the averaging floor.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct MarginRow {
+    /// The snapshot the margin was released from.
     pub snapshot: String,
     /// The margin: its dimensions and its universe (category restrictions).
     pub margin: String,
@@ -244,61 +269,92 @@ pub struct MarginRow {
     pub floor: f64,
 }
 
+/// A snapshot the agreement may query (`GET /v1/snapshots`).
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct SnapshotInfo {
+    /// The snapshot id, as given in a request's `snapshot`.
     pub id: String,
+    /// Reference date of the data (`YYYY-MM-DD`); ages are computed at it.
     pub tanggal_data: String,
+    /// Whether the data are synthetic (for trial agreements).
     pub synthetic: bool,
+    /// Region prefixes the snapshot covers (`["61.71"]`, or `["all"]`).
     pub coverage: Vec<String>,
     /// Used when a request names no snapshot.
     pub default: bool,
 }
 
+/// A saved query the agreement may run (`GET /v1/queries`).
 #[derive(Serialize, ToSchema)]
 pub struct SavedQueryInfo {
+    /// The name to run it by: `POST /v1/queries/{name}`.
     pub name: String,
+    /// A one-line title.
     pub title: String,
+    /// What the query counts.
     pub description: String,
+    /// Catalog elements the query uses (all permitted by the agreement).
     pub elements: Vec<String>,
     /// Typed parameters with defaults and accepted values.
     #[schema(value_type = Vec<Object>)]
     pub params: Value,
 }
 
+/// One catalog element the agreement permits.
 #[derive(Serialize, ToSchema)]
 pub struct ElementInfo {
+    /// The column name in SQL (e.g. `jenis_kelamin`).
     pub name: String,
     /// Letter of Pasal 58 ayat (2).
     pub element: String,
+    /// The column class (`Dimension`, `DateDimension`, `Protected`,
+    /// `Identifier`, ...), which decides how it may be used.
     pub class: String,
+    /// The stored type: `utf8`, `date32` or `uint64`.
     #[serde(rename = "type")]
     pub ty: String,
     /// Public values (code list labels), where the domain is a code list.
     pub values: Option<Vec<String>>,
     /// `provinsi` … `desa_kelurahan` for region codes.
     pub region_level: Option<String>,
+    /// Whether grouping or filtering by it needs the Minister's permission
+    /// in the agreement (Pasal 84 protected elements).
     pub minister_permission: bool,
     /// How the element may be used in SQL.
     pub usage: String,
 }
 
+/// One region of the agreement's scope.
 #[derive(Serialize, ToSchema)]
 pub struct RegionInfo {
+    /// The Kemendagri region code (e.g. `61.71`).
     pub kode: String,
+    /// The region's name.
     pub nama: String,
+    /// Its level: `provinsi` … `desa_kelurahan`.
     pub level: String,
 }
 
+/// The catalog as the caller's agreement sees it (`GET /v1/catalog`).
 #[derive(Serialize, ToSchema)]
 pub struct CatalogResponse {
+    /// The caller's agreement id.
     pub agreement: String,
+    /// The institution the agreement (PKS) was made with.
     pub institution: String,
+    /// The agreement's stage: `trial` or `production`.
     pub stage: String,
+    /// Region code prefixes the agreement covers, or `["all"]`.
     pub region_scope: Vec<String>,
+    /// The elements the agreement permits.
     pub elements: Vec<ElementInfo>,
+    /// The regions in the agreement's scope (and the regions under them);
+    /// empty when the scope is all of Indonesia.
     pub regions: Vec<RegionInfo>,
     /// Public reference tables a query may join.
     pub reference_tables: Vec<String>,
+    /// The date functions a query may call (`umur`, `umur_pada`,
+    /// `kelompok_umur`, `tahun`).
     pub functions: Vec<String>,
 }
 
@@ -355,10 +411,7 @@ async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiErr
             cur = err.source();
         }
         if too_large {
-            ApiError::PayloadTooLarge {
-                size: limit + 1,
-                limit,
-            }
+            ApiError::PayloadTooLarge { limit }
         } else {
             ApiError::bad_request("bad_body", format!("cannot read the request body: {e}"))
         }

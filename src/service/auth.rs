@@ -25,11 +25,16 @@ use crate::agreement::Pks;
 /// The bearer credential of a request, taken off its headers.
 #[derive(Clone)]
 pub enum Credentials {
+    /// No `Authorization` header: refused with 401 `token_missing`.
     None,
+    /// One `Authorization` header that is not `Bearer <token>`: refused with
+    /// 401 `token_malformed`.
     Malformed,
     /// More than one `Authorization` header: refused (400) rather than
     /// guessed at, since a proxy in front may have checked another one.
     Ambiguous,
+    /// The presented bearer token, to be hashed and compared with the
+    /// policy's token hashes; redacted in `Debug`.
     Bearer(Arc<str>),
 }
 
@@ -83,7 +88,11 @@ fn bearer_token(value: &str) -> Option<&str> {
 
 /// An authenticated caller.
 pub struct Caller {
+    /// The agreement the token was issued for, as the policy in force holds
+    /// it.
     pub pks: Arc<Pks>,
+    /// The id of the presented token in the agreement file (never the
+    /// token), for the audit log.
     pub token_id: String,
 }
 

@@ -29,13 +29,19 @@ const MAX_BYTES: usize = 256 << 20;
 
 /// One encoded release and what its audit entry needs.
 pub struct CachedRelease {
+    /// The encoded release, sent again as it is.
     pub body: Bytes,
+    /// Hex SHA-256 of `body`: the result hash of the audit entry.
     pub body_sha256: String,
+    /// The protection metadata as ASCII JSON, for the
+    /// `X-Agregat-Protection` header.
     pub protection: Option<String>,
     /// The release's facts, for the audit entry of a repeat.
     pub facts: crate::release::Facts,
 }
 
+/// Encoded cell-key releases by question key, bounded by entries and bytes
+/// (cleared as a whole when full).
 #[derive(Default)]
 pub struct ResponseCache {
     inner: Mutex<(HashMap<String, Arc<CachedRelease>>, usize)>,
@@ -65,6 +71,8 @@ impl ResponseCache {
         hex::encode(h.finalize())
     }
 
+    /// The cached release of a key, if the question was answered before
+    /// under the same policy content.
     pub fn get(&self, key: &str) -> Option<Arc<CachedRelease>> {
         self.inner
             .lock()
@@ -74,6 +82,9 @@ impl ResponseCache {
             .cloned()
     }
 
+    /// Stores an encoded release under its key. Bodies over 16 MiB are not
+    /// kept; when the entry or byte budget would be exceeded, the whole
+    /// cache is cleared first.
     pub fn put(&self, key: String, value: CachedRelease) {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let size = value.body.len();
@@ -85,13 +96,32 @@ impl ResponseCache {
             g.1 = 0;
         }
         g.1 += size;
-        g.0.insert(key, Arc::new(value));
+        if let Some(old) = g.0.insert(key, Arc::new(value)) {
+            // A key stored again: its old body no longer counts.
+            g.1 -= old.body.len();
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn storing_a_key_again_counts_its_bytes_once() {
+        let cache = ResponseCache::default();
+        let release = |n: usize| CachedRelease {
+            body: Bytes::from(vec![b'x'; n]),
+            body_sha256: String::new(),
+            protection: None,
+            facts: crate::release::Facts::default(),
+        };
+        cache.put("a".into(), release(100));
+        cache.put("a".into(), release(40));
+        cache.put("b".into(), release(10));
+        assert_eq!(cache.inner.lock().unwrap().1, 50);
+        assert_eq!(cache.get("a").unwrap().body.len(), 40);
+    }
 
     #[test]
     fn keys_separate_every_part() {

@@ -48,12 +48,23 @@ pub use crate::state::STATE_FILE;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServiceLimits {
+    /// DataFusion memory pool (MiB) of the whole process, shared by all
+    /// snapshots; at least 64 is used.
     pub memory_limit_mb: usize,
+    /// DataFusion partitions per query; 0: one per core.
     pub target_partitions: usize,
+    /// Upper bound (seconds) on a query's execution; agreements may set
+    /// less. At least 1 is used.
     pub query_timeout_seconds: u64,
+    /// Largest request body (bytes) accepted; larger bodies are refused
+    /// with 413.
     pub max_body_bytes: usize,
+    /// Queries executing at once; more wait for a slot. At least 1 is used.
     pub max_concurrent_queries: usize,
+    /// How often (seconds) the policy directory is checked for changes.
     pub reload_poll_seconds: u64,
+    /// How long (seconds) in-flight requests may take to finish after
+    /// SIGTERM or Ctrl-C.
     pub shutdown_grace_seconds: u64,
     /// A request head must be complete this long after the connection
     /// opened (first request) or after its first byte (later requests).
@@ -109,9 +120,15 @@ impl Default for ServiceLimits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServiceConfig {
+    /// Address and port the HTTP API listens on (`--listen`).
     pub listen: SocketAddr,
+    /// Directory of snapshot directories (each with a `manifest.json`);
+    /// every snapshot in it is served.
     pub warehouse: PathBuf,
+    /// Directory of the PKS agreement files (`*.toml`); reloaded on SIGHUP
+    /// and when its files change.
     pub policy: PathBuf,
+    /// Directory of the saved queries (`*.sql`).
     pub queries: PathBuf,
     /// Directory of the state database (`state.sqlite`).
     pub state: PathBuf,
@@ -123,6 +140,7 @@ pub struct ServiceConfig {
     pub demo_tokens: Option<PathBuf>,
     /// How snapshots are checked at start.
     pub verify_snapshots: VerifySnapshots,
+    /// Resource limits (the `[limits]` table).
     pub limits: ServiceLimits,
 }
 
@@ -156,15 +174,25 @@ impl Default for ServiceConfig {
     }
 }
 
+/// Why the config file cannot be used (the service does not start).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The config file could not be read.
     #[error("cannot read config file {}: {source}", path.display())]
     Read {
+        /// The config file.
         path: PathBuf,
+        /// The I/O failure.
         source: std::io::Error,
     },
+    /// The config file is not valid TOML or has an unknown or mistyped key.
     #[error("config file {}: {message}", path.display())]
-    Syntax { path: PathBuf, message: String },
+    Syntax {
+        /// The config file.
+        path: PathBuf,
+        /// The TOML parser's message (names the key and position).
+        message: String,
+    },
 }
 
 impl ServiceConfig {

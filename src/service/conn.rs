@@ -69,10 +69,16 @@ pub const FD_RESERVE: u64 = 256;
 /// The connection limits in force.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnConfig {
+    /// A request head must be complete within this of the connection
+    /// opening (first request) or of its first byte (later requests).
     pub header_read: Duration,
+    /// A kept-alive connection with no request is closed after this.
     pub idle: Duration,
+    /// A request body must be complete within this of its head, or 408.
     pub body_read: Duration,
+    /// Open connections at most, below the file-descriptor soft limit.
     pub max_connections: usize,
+    /// Open connections per client address (IPv6: per /64) at most.
     pub max_per_address: usize,
 }
 
@@ -102,7 +108,10 @@ impl ConnConfig {
 /// The file-descriptor limit: soft and hard.
 #[derive(Debug, Clone, Copy)]
 pub struct FdLimit {
+    /// The soft limit: the one in force for the process.
     pub soft: u64,
+    /// The hard limit up to which the soft one may be raised; `None`:
+    /// unlimited.
     pub hard: Option<u64>,
 }
 
@@ -350,13 +359,19 @@ struct Registry {
 /// Counts of the connection layer, for `/metrics`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ConnCounts {
+    /// Client connections open now.
     pub open: usize,
+    /// Connections refused at a cap because every connection was in a
+    /// request (none could be evicted).
     pub refused: u64,
+    /// Idle connections closed to admit a new one at a cap.
     pub evicted: u64,
+    /// Connections closed by the header-read, body-read or idle timeout.
     pub timed_out: u64,
 }
 
 impl Connections {
+    /// The counts now, read at scrape time.
     pub fn counts(&self) -> ConnCounts {
         ConnCounts {
             open: self.lock().open.len(),

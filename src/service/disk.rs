@@ -71,6 +71,7 @@ pub struct DiskCheck {
 pub struct DiskReading {
     /// Free bytes; `None` when the filesystem does not say.
     pub free: Option<u64>,
+    /// Free bytes required (`min_free_disk_mb` in bytes).
     pub min_free: u64,
 }
 

@@ -63,6 +63,8 @@ impl Metrics {
         h.count += 1;
     }
 
+    /// Counts one audit entry appended to the chain
+    /// (`agregat_audit_entries_total`).
     pub fn audit_appended(&self) {
         self.inner
             .lock()

@@ -66,6 +66,7 @@ impl ServiceError {
         use crate::error::ErrorCategory as C;
         match self {
             ServiceError::Snapshot(e) => e.category(),
+            ServiceError::Secret(e) => e.category(),
             ServiceError::SecretMismatch { .. } => C::Integrity,
             ServiceError::State(_)
             | ServiceError::Warehouse { .. }
@@ -80,63 +81,94 @@ impl ServiceError {
 /// Why the service cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
+    /// The config file cannot be read or parsed.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    /// The policy directory is invalid (every problem listed).
     #[error(transparent)]
     Policy(#[from] PolicyErrors),
+    /// A snapshot of the warehouse cannot be opened or fails verification.
     #[error(transparent)]
     Snapshot(#[from] crate::warehouse::SnapshotError),
+    /// The warehouse directory holds no snapshot.
     #[error(
         "no snapshot in warehouse directory {}: it needs subdirectories with a manifest.json (see `agregat generate` and `agregat import`)",
         dir.display()
     )]
-    NoSnapshots { dir: PathBuf },
+    NoSnapshots {
+        /// The warehouse directory.
+        dir: PathBuf,
+    },
+    /// The warehouse directory cannot be listed.
     #[error("cannot list warehouse directory {}: {source}", dir.display())]
     Warehouse {
+        /// The warehouse directory.
         dir: PathBuf,
+        /// The I/O failure.
         source: std::io::Error,
     },
+    /// A snapshot was built with another record-key secret than the
+    /// configured one (an integrity failure).
     #[error(
         "snapshot '{snapshot}' was built with a different record-key secret (fingerprint {found}, configured {expected}); cell keys would not agree across snapshots: rebuild it or configure its secret"
     )]
     SecretMismatch {
+        /// The snapshot id.
         snapshot: String,
+        /// The secret fingerprint in the snapshot's manifest.
         found: String,
+        /// The fingerprint of the configured `record_key_secret`.
         expected: String,
     },
+    /// The configured record-key secret cannot be loaded.
     #[error(transparent)]
     Secret(#[from] crate::record_key::SecretError),
+    /// The state database cannot be created, opened or read.
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    /// The saved queries cannot be loaded.
     #[error(transparent)]
     Saved(#[from] crate::saved::SavedError),
+    /// The query engine cannot register a snapshot.
     #[error("cannot open snapshot '{snapshot}' in the query engine: {source}")]
     Engine {
+        /// The snapshot id.
         snapshot: String,
+        /// The engine's error.
         source: crate::query::error::EngineError,
     },
+    /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {source}; choose another address with --listen")]
     Bind {
+        /// The configured listen address.
         addr: SocketAddr,
+        /// The I/O failure.
         source: std::io::Error,
     },
+    /// The server failed while running (or its task panicked).
     #[error("the server failed: {0}")]
     Serve(std::io::Error),
 }
 
 /// Everything request handlers share.
 pub struct AppState {
+    /// The configuration the service started with.
     pub config: ServiceConfig,
     snapshots: BTreeMap<String, Arc<Engine>>,
     policy: RwLock<Arc<Policy>>,
+    /// The state database: budget ledger, release store and audit chain.
     pub store: Arc<dyn StateStore>,
+    /// The saved queries of the `queries` directory, loaded at start.
     pub saved: SavedQueries,
+    /// Counters and histograms exposed at `/metrics`.
     pub metrics: Metrics,
+    /// Per-agreement request rate limits, after authentication.
     pub limiter: RateLimiter,
     /// Unauthenticated refusals per client address, before authentication.
     pub address_limiter: RateLimiter,
     /// Unauthenticated refusals, counted until they are flushed.
     pub refusals: refusals::Refusals,
+    /// The clock (WIB) for validity dates, budget periods and audit times.
     pub clock: Arc<dyn Clock>,
     ids: audit::RequestIds,
     /// Queries executing at once.
@@ -278,6 +310,8 @@ impl AppState {
         conn::ConnConfig::from_limits(&self.config.limits, conn::fd_limit().map(|l| l.soft))
     }
 
+    /// Every served snapshot's query engine, by snapshot id (all of them,
+    /// whatever the caller's agreement may see).
     pub fn snapshots(&self) -> &BTreeMap<String, Arc<Engine>> {
         &self.snapshots
     }
@@ -388,7 +422,10 @@ fn spawn_refusal_flush(state: Arc<AppState>) {
 
 /// A running server (for tests): its address and a way to stop it.
 pub struct RunningServer {
+    /// The address actually bound (the real port when the config asked for
+    /// port 0).
     pub addr: SocketAddr,
+    /// The state the server runs on, shared with its handlers.
     pub state: Arc<AppState>,
     shutdown: Option<tokio::sync::watch::Sender<bool>>,
     task: tokio::task::JoinHandle<Result<(), ServiceError>>,

@@ -24,103 +24,197 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 /// Why a request was not answered.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// No `Authorization` header (401 `token_missing`).
     #[error(
         "no bearer token; send 'Authorization: Bearer <token>' with the token issued for your agreement"
     )]
     TokenMissing,
+    /// An `Authorization` header that is not `Bearer <token>` (401
+    /// `token_malformed`).
     #[error(
         "the Authorization header is not 'Bearer <token>'; send 'Authorization: Bearer <token>'"
     )]
     TokenMalformed,
+    /// More than one `Authorization` header (400 `ambiguous_credentials`).
     #[error(
         "the request has more than one Authorization header; send exactly one 'Authorization: Bearer <token>'"
     )]
     AmbiguousCredentials,
+    /// A bearer token whose hash matches no agreement of the policy (401
+    /// `token_unknown`).
     #[error(
         "the token is not valid for any agreement (unknown, revoked or mistyped); ask Disdukcapil for a new token"
     )]
     TokenUnknown,
+    /// The agreement's validity ended (403 `agreement_expired`).
     #[error(
         "agreement '{agreement}' expired on {valid_until}; no data can be released under it until the PKS is renewed"
     )]
     AgreementExpired {
+        /// The agreement id.
         agreement: String,
+        /// Its last valid date.
         valid_until: String,
     },
+    /// The agreement's validity has not begun (403
+    /// `agreement_not_yet_valid`).
     #[error("agreement '{agreement}' is valid only from {valid_from}; try again from that date")]
     AgreementNotYetValid {
+        /// The agreement id.
         agreement: String,
+        /// Its first valid date.
         valid_from: String,
     },
+    /// The agreement's stage does not allow the requested snapshot (403
+    /// `stage_not_allowed`): trial agreements query synthetic snapshots,
+    /// production agreements production ones.
     #[error(
         "agreement '{agreement}' is at stage '{stage}' and snapshot '{snapshot}' is {kind}; {hint}"
     )]
     StageNotAllowed {
+        /// The agreement id.
         agreement: String,
+        /// The agreement's stage (`trial` or `production`).
         stage: String,
+        /// The requested snapshot id.
         snapshot: String,
+        /// What the snapshot is: `synthetic` or `production data`.
         kind: &'static str,
+        /// Which snapshots the stage may query instead.
         hint: &'static str,
     },
+    /// The agreement's bucket is empty (429 `rate_limited`, with
+    /// `Retry-After`).
     #[error(
         "rate limit of agreement '{agreement}' reached: {per_minute} requests per minute; retry after {retry_after} s"
     )]
     RateLimited {
+        /// The agreement id.
         agreement: String,
+        /// The agreement's rate limit, requests per minute.
         per_minute: u32,
+        /// Seconds until a request is available (the `Retry-After` value).
         retry_after: u64,
     },
+    /// A client address used up its unauthenticated refusals (429
+    /// `rate_limited` before authentication, with `Retry-After`).
     #[error(
         "too many unauthenticated requests from {address}: at most {per_minute} per minute before authentication; retry after {retry_after} s with a valid token"
     )]
     AddressRateLimited {
+        /// The client address (IPv6: its /64).
         address: String,
+        /// `unauthenticated_per_address_per_minute` of the limits.
         per_minute: u32,
+        /// Seconds until the bucket holds a request (the `Retry-After`
+        /// value).
         retry_after: u64,
     },
+    /// The period's or the lifetime privacy budget does not cover the query
+    /// (409 `budget_exhausted`); holds the ledger's message.
     #[error("{0}")]
     BudgetExhausted(String),
+    /// A malformed request (400) with its own stable code.
     #[error("{message}")]
-    BadRequest { code: &'static str, message: String },
+    BadRequest {
+        /// The stable code, e.g. `bad_json`, `bad_body`, `bad_path`.
+        code: &'static str,
+        /// What is wrong and the fix.
+        message: String,
+    },
+    /// The `Accept` header names no format the service produces (406
+    /// `not_acceptable`).
     #[error(
         "cannot produce '{accept}'; accepted: application/json, text/csv, application/vnd.apache.parquet (or ?format=json|csv|parquet)"
     )]
-    NotAcceptable { accept: String },
-    #[error("the request body has {size} bytes; at most {limit} are accepted")]
-    PayloadTooLarge { size: usize, limit: usize },
+    NotAcceptable {
+        /// The `Accept` header as sent (at most 200 characters of it).
+        accept: String,
+    },
+    /// The request body exceeds `max_body_bytes` (413 `payload_too_large`).
+    #[error(
+        "the request body is larger than {limit} bytes, the most accepted; send a shorter query or use a saved query"
+    )]
+    PayloadTooLarge {
+        /// `max_body_bytes` of the limits (the body is read no further).
+        limit: usize,
+    },
+    /// The requested snapshot id is not served (404 `snapshot_not_found`).
     #[error("no snapshot '{id}'; available to this agreement: {available}")]
-    SnapshotNotFound { id: String, available: String },
+    SnapshotNotFound {
+        /// The requested id (at most 100 characters of it).
+        id: String,
+        /// The snapshots the agreement may query, comma-separated, or
+        /// `none`.
+        available: String,
+    },
+    /// No served snapshot fits the agreement's stage and region (404
+    /// `no_snapshot`).
     #[error("no snapshot is available to agreement '{agreement}' at stage '{stage}'; {hint}")]
     NoSnapshot {
+        /// The agreement id.
         agreement: String,
+        /// The agreement's stage (`trial` or `production`).
         stage: String,
+        /// Which snapshots the stage may query.
         hint: &'static str,
     },
+    /// No saved query of that name (404 `saved_query_not_found`).
     #[error("no saved query '{name}'; GET /v1/queries lists the ones this agreement may run")]
-    SavedQueryNotFound { name: String },
+    SavedQueryNotFound {
+        /// The requested name.
+        name: String,
+    },
+    /// The saved query uses elements the agreement does not permit (403
+    /// `element_not_permitted`).
     #[error(
         "saved query '{name}' needs elements this agreement does not permit: {missing}; GET /v1/queries lists the ones it may run"
     )]
-    SavedQueryNotPermitted { name: String, missing: String },
+    SavedQueryNotPermitted {
+        /// The saved query's name.
+        name: String,
+        /// The elements not permitted, comma-separated.
+        missing: String,
+    },
+    /// A saved-query parameter is missing or invalid (400
+    /// `invalid_parameter`; the problem's `param` names it).
     #[error("{0}")]
     Parameter(Box<SavedError>),
+    /// The query gate refused the query; status and code are the gate's.
     #[error("{0}")]
     Query(QueryError),
+    /// No such route (404 `not_found`).
     #[error("route {path} does not exist; see GET /openapi.json")]
-    NotFound { path: String },
+    NotFound {
+        /// The requested path.
+        path: String,
+    },
+    /// The route exists but not with this method (405
+    /// `method_not_allowed`).
     #[error("method {method} is not allowed on {path}")]
-    MethodNotAllowed { method: String, path: String },
+    MethodNotAllowed {
+        /// The HTTP method sent.
+        method: String,
+        /// The requested path.
+        path: String,
+    },
     /// A failure of the service. The source goes to the operator's log only.
     #[error("internal error ({context}); the operator can find the details under this request id")]
     Internal {
+        /// Which part failed (e.g. `state database`), shown to the caller.
         context: &'static str,
+        /// The underlying error, logged only.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// Shutting down, or the audit log cannot be written (503
+    /// `unavailable`): nothing is released.
     #[error("the service is shutting down or its audit log is unavailable; retry shortly")]
     Unavailable,
 }
 
 impl ApiError {
+    /// A 400 with a stable `code` (e.g. `bad_json`, `bad_body`) and a
+    /// message that names the fix.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::BadRequest {
             code,
@@ -128,6 +222,8 @@ impl ApiError {
         }
     }
 
+    /// A 500 for a failure of the service: `context` is shown to the caller,
+    /// `source` goes to the operator's log only.
     pub fn internal(
         context: &'static str,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -367,6 +463,7 @@ pub struct Problem {
     pub r#type: String,
     /// The HTTP status's reason phrase.
     pub title: String,
+    /// The HTTP status code of the response, repeated in the body.
     pub status: u16,
     /// What is wrong, the offending value, and the fix.
     pub detail: String,

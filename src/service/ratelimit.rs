@@ -12,6 +12,8 @@ struct Bucket {
     last: Instant,
 }
 
+/// Token buckets by key (agreement id, or client address before
+/// authentication).
 #[derive(Default)]
 pub struct RateLimiter {
     buckets: Mutex<HashMap<String, Bucket>>,

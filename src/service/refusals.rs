@@ -41,6 +41,8 @@ pub fn address_key(addr: Option<&str>) -> String {
     }
 }
 
+/// Unauthenticated refusals counted in memory per (minute, address,
+/// code) until they are flushed to the state database.
 #[derive(Default)]
 pub struct Refusals {
     counts: Mutex<BTreeMap<(i64, String, String), u64>>,

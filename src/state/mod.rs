@@ -227,6 +227,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The lower-case name stored in the audit log (`accepted`, `rejected`,
+    /// `failed`), as serialised.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Accepted => "accepted",
@@ -235,6 +237,7 @@ impl Outcome {
         }
     }
 
+    /// The outcome named by [`Outcome::as_str`]; `None` for any other text.
     pub fn parse(s: &str) -> Option<Outcome> {
         match s {
             "accepted" => Some(Outcome::Accepted),
@@ -268,6 +271,7 @@ pub struct AuditEntry {
     pub plan_fingerprint: Option<String>,
     /// Snapshot the query ran on.
     pub snapshot: Option<String>,
+    /// Whether the request was answered, refused or failed.
     pub outcome: Outcome,
     /// Error or refusal code, e.g. `budget_exhausted`.
     pub code: Option<String>,
@@ -277,7 +281,10 @@ pub struct AuditEntry {
     pub suppressed_cells: u64,
     /// Privacy loss charged (DP), where any.
     pub privacy_loss: Option<f64>,
+    /// Size in bytes of the released result; 0 unless accepted.
     pub bytes_out: u64,
+    /// Wall-clock time from receiving the request to writing this entry,
+    /// in milliseconds.
     pub duration_ms: u64,
     /// Hash of the released result, where one was released.
     pub result_hash: Option<String>,
@@ -304,6 +311,7 @@ pub struct RefusalCount {
     pub client_addr: String,
     /// The refusal's stable code, e.g. `token_unknown`.
     pub code: String,
+    /// Refusals of this address with this code in the minute (at least 1).
     pub count: u64,
 }
 
@@ -316,6 +324,7 @@ pub struct AuditRecord {
     pub prev_hash: String,
     /// [`chain_hash`] of this record.
     pub hash: String,
+    /// The request as the caller described it.
     pub entry: AuditEntry,
 }
 
@@ -333,6 +342,7 @@ pub struct ChainReport {
 }
 
 impl ChainReport {
+    /// True when the whole chain verifies (no broken link).
     pub fn is_ok(&self) -> bool {
         self.first_broken.is_none()
     }
@@ -343,58 +353,101 @@ impl ChainReport {
 pub struct BrokenLink {
     /// Sequence number of the first record that does not verify.
     pub seq: u64,
+    /// What is wrong with that record.
     pub reason: BreakReason,
 }
 
+/// Why a record, or a sealed segment, breaks the audit chain.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BreakReason {
+    /// The record's content no longer matches its hash: it was altered.
     #[error(
         "hash mismatch: the record was altered after it was written (stored {stored}, computed {computed})"
     )]
-    HashMismatch { stored: String, computed: String },
+    HashMismatch {
+        /// The `hash` stored with the record.
+        stored: String,
+        /// [`chain_hash`] of the record as it reads now.
+        computed: String,
+    },
+    /// The record's `prev_hash` is not the hash of the record before it:
+    /// records were deleted, reordered or replaced.
     #[error(
         "prev_hash mismatch: the record does not link to the one before it; records were deleted, reordered or replaced (expected {expected}, found {found})"
     )]
-    PrevHashMismatch { expected: String, found: String },
+    PrevHashMismatch {
+        /// Hash of the record before (or the seal's head hash).
+        expected: String,
+        /// The record's stored `prev_hash`.
+        found: String,
+    },
+    /// A sequence number is missing: records before this one were deleted.
     #[error("sequence gap: expected seq {expected}; records before this one were deleted")]
-    SequenceGap { expected: u64 },
+    SequenceGap {
+        /// The sequence number that should have come next.
+        expected: u64,
+    },
+    /// The record (or segment file) cannot be decoded at all.
     #[error("record cannot be decoded: {detail}")]
-    Unreadable { detail: String },
+    Unreadable {
+        /// The decoding or SQLite error.
+        detail: String,
+    },
+    /// A recorded seal's segment file does not exist.
     #[error(
         "sealed segment {segment} (entries {first} to {last}) is missing; restore it from a backup of the state directory"
     )]
     SegmentMissing {
+        /// The segment's path relative to the state directory.
         segment: String,
+        /// Sequence number of the segment's first entry, as sealed.
         first: u64,
+        /// Sequence number of the segment's last entry, as sealed.
         last: u64,
     },
+    /// A break inside a sealed segment file.
     #[error("in sealed segment {segment}: {reason}")]
     InSegment {
+        /// The segment's path relative to the state directory.
         segment: String,
+        /// The break found among the segment's entries.
         reason: Box<BreakReason>,
     },
+    /// A segment's entries verify but do not end at its seal's last entry
+    /// and head hash: entries were cut off or the file was replaced.
     #[error(
         "sealed segment {segment} ends at entry {found_last}, its seal at {sealed_last}: entries were cut off or the file was replaced"
     )]
     SegmentCut {
+        /// The segment's path relative to the state directory.
         segment: String,
+        /// Sequence number of the last entry as recorded in the seal.
         sealed_last: u64,
+        /// Sequence number of the last entry actually in the file.
         found_last: u64,
     },
+    /// A segment file's SHA-256 differs from the one recorded at sealing.
     #[error(
         "sealed segment {segment} was altered after it was sealed (SHA-256 sealed {sealed}, found {found})"
     )]
     SegmentAltered {
+        /// The segment's path relative to the state directory.
         segment: String,
+        /// SHA-256 (lower-case hex) recorded in the seal.
         sealed: String,
+        /// SHA-256 (lower-case hex) of the file now.
         found: String,
     },
+    /// A seal does not start right after the one before it.
     #[error(
         "the seal of segment {segment} does not follow the one before it (it starts at entry {found_first}, expected {expected_first}): seals were removed, reordered or replaced"
     )]
     SealOutOfOrder {
+        /// The segment's path relative to the state directory.
         segment: String,
+        /// The sequence number after the previous seal's last entry.
         expected_first: u64,
+        /// The first sequence number this seal records.
         found_first: u64,
     },
 }
@@ -404,12 +457,18 @@ pub enum BreakReason {
 pub struct Reservation {
     /// Ledger row id.
     pub id: i64,
+    /// The agreement (PKS) whose budget is charged.
     pub agreement: String,
+    /// The budget period, e.g. `2026-S1` ([`period_of`]).
     pub period: String,
+    /// The service's id of the request the charge is for.
     pub request_id: String,
+    /// Privacy loss reserved, in the unit of the agreement's budget (rho
+    /// for zCDP, epsilon for pure DP).
     pub amount: f64,
 }
 
+/// Whether a ledger row's charge is only reserved or has been committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LedgerState {
@@ -420,6 +479,8 @@ pub enum LedgerState {
 }
 
 impl LedgerState {
+    /// The lower-case name stored in the ledger's `state` column
+    /// (`pending`, `committed`), as serialised.
     pub fn as_str(self) -> &'static str {
         match self {
             LedgerState::Pending => "pending",
@@ -427,6 +488,8 @@ impl LedgerState {
         }
     }
 
+    /// The state named by [`LedgerState::as_str`]; `None` for any other
+    /// text.
     pub fn parse(s: &str) -> Option<LedgerState> {
         match s {
             "pending" => Some(LedgerState::Pending),
@@ -439,11 +502,19 @@ impl LedgerState {
 /// One row of the budget ledger.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LedgerRow {
+    /// Ledger row id (the [`Reservation::id`]).
     pub id: i64,
+    /// The agreement (PKS) whose budget is charged.
     pub agreement: String,
+    /// The budget period, e.g. `2026-S1`.
     pub period: String,
+    /// The service's id of the request; its audit entry has the same
+    /// [`AuditEntry::request_id`].
     pub request_id: String,
+    /// Privacy loss charged, in the unit of the agreement's budget (rho
+    /// for zCDP, epsilon for pure DP).
     pub amount: f64,
+    /// Pending or committed.
     pub state: LedgerState,
     /// RFC 3339 UTC, when the reservation was made.
     pub reserved_at: String,
@@ -466,94 +537,180 @@ impl StateError {
     }
 }
 
+/// Errors of the state store: budget refusals, storage failures, and
+/// invalid input from the caller.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    /// The agreement's budget for the period cannot cover the request.
     #[error(
         "privacy budget exhausted for agreement {agreement} in {period}: {spent} spent (committed and pending), {requested} requested, allowance {allowance}; wait for the next period or ask for a larger allowance in the agreement"
     )]
     BudgetExhausted {
+        /// The agreement (PKS) whose budget is exhausted.
         agreement: String,
+        /// The budget period, e.g. `2026-S1`.
         period: String,
+        /// Already charged in the period, committed plus pending.
         spent: f64,
+        /// Privacy loss the request needs.
         requested: f64,
+        /// The agreement's allowance for the period.
         allowance: f64,
     },
+    /// Everything charged by every agreement, plus the request, would
+    /// exceed the snapshot lineage's lifetime privacy-loss ceiling.
     #[error(
         "the lifetime privacy-loss ceiling is reached: {spent} charged by all agreements in all periods, {requested} requested, ceiling {ceiling}; the same people are in every snapshot, so no agreement can release more differentially private answers about them; ask for a question already answered (free), or use a cell-key agreement"
     )]
     LifetimeExhausted {
+        /// Charged so far by every agreement in every period.
         spent: f64,
+        /// Privacy loss the request needs.
         requested: f64,
+        /// The lifetime per-person privacy-loss ceiling.
         ceiling: f64,
     },
+    /// A SQLite operation failed.
     #[error(
         "state database failed while {context}: {source}; check that the file is writable, on a local disk, and not damaged"
     )]
     Sqlite {
+        /// What the store was doing, e.g. "reading the schema version".
         context: &'static str,
+        /// The SQLite error.
         #[source]
         source: rusqlite::Error,
     },
+    /// Creating, reading or making private a state file or directory
+    /// failed.
     #[error("cannot create or make private the state file or directory {}: {source}; check that it is owned by the service's user, or fix its permissions", path.display())]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// No state database where one was expected (only `agregat serve`
+    /// creates one).
     #[error(
         "no state database at {}; give --state DIR of a directory where `agregat serve` ran (its `state` setting, ./agregat-state by default); only `agregat serve` creates state",
         path.display()
     )]
-    Missing { path: PathBuf },
+    Missing {
+        /// Path of the expected state database.
+        path: PathBuf,
+    },
+    /// The file is an SQLite database but not agregat's state.
     #[error(
         "{} is not an agregat state database (no schema_version table); give --state DIR of a directory where `agregat serve` ran",
         path.display()
     )]
-    NotState { path: PathBuf },
+    NotState {
+        /// Path of the file.
+        path: PathBuf,
+    },
+    /// The database holds values that cannot be correct.
     #[error("state database is corrupt: {detail}; restore it from a backup and run verify")]
-    Corrupt { detail: String },
+    Corrupt {
+        /// What is inconsistent.
+        detail: String,
+    },
+    /// The database was written by a newer build.
     #[error(
         "state database has schema version {found}, this build knows up to {supported}; run a newer build of agregat against it"
     )]
-    SchemaTooNew { found: i64, supported: i64 },
+    SchemaTooNew {
+        /// The schema version in the file.
+        found: i64,
+        /// The newest schema version this build knows.
+        supported: i64,
+    },
+    /// SQLite did not accept a required pragma setting.
     #[error(
         "SQLite refused {pragma}={wanted} (got {got}); put the state database on a local filesystem that supports WAL"
     )]
     Pragma {
+        /// The pragma, e.g. `journal_mode`.
         pragma: &'static str,
+        /// The value asked for, e.g. `WAL`.
         wanted: &'static str,
+        /// The value SQLite reports instead.
         got: String,
     },
+    /// An audit entry or refusal count the caller built is not valid.
     #[error("invalid audit entry: {field} {detail}; fix the caller that builds the entry")]
-    InvalidEntry { field: &'static str, detail: String },
+    InvalidEntry {
+        /// The offending field (`time`, `agreement`, ...), or `refusal count`.
+        field: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A time bound or refusal minute that is not RFC 3339.
     #[error(
         "invalid time bound {value:?}: {detail}; give an RFC 3339 timestamp such as 2026-01-31T00:00:00Z"
     )]
-    InvalidTime { value: String, detail: String },
+    InvalidTime {
+        /// The value as given.
+        value: String,
+        /// The parser's error.
+        detail: String,
+    },
+    /// A budget period not of the form `YEAR-S1` or `YEAR-S2`.
     #[error(
         "invalid budget period {period:?}; periods are YEAR-S1 or YEAR-S2, e.g. 2026-S1 (use period_of)"
     )]
-    InvalidPeriod { period: String },
+    InvalidPeriod {
+        /// The period as given.
+        period: String,
+    },
+    /// A budget amount that is negative, infinite or NaN.
     #[error("invalid {what} {value}: budget amounts must be finite and not negative")]
-    InvalidAmount { what: &'static str, value: f64 },
+    InvalidAmount {
+        /// Which amount: `amount`, `allowance` or `lifetime ceiling`.
+        what: &'static str,
+        /// The value given.
+        value: f64,
+    },
+    /// A required text argument is empty.
     #[error("invalid {what}: it must not be empty")]
-    EmptyField { what: &'static str },
+    EmptyField {
+        /// Which argument: `agreement` or `request id`.
+        what: &'static str,
+    },
+    /// The request id already holds a reservation in this agreement and
+    /// period.
     #[error(
         "request {request_id:?} already holds a reservation for agreement {agreement} in {period}; use a fresh request id for each request"
     )]
     DuplicateRequest {
+        /// The agreement (PKS).
         agreement: String,
+        /// The budget period.
         period: String,
+        /// The reused request id.
         request_id: String,
     },
+    /// The reservation to commit or release has no ledger row.
     #[error(
         "reservation {id} (request {request_id:?}) is not in the ledger; it was released already or never made"
     )]
-    ReservationNotFound { id: i64, request_id: String },
+    ReservationNotFound {
+        /// The reservation's ledger row id.
+        id: i64,
+        /// The reservation's request id.
+        request_id: String,
+    },
+    /// The reservation to release is already committed.
     #[error(
         "reservation {id} (request {request_id:?}) is committed and cannot be released; the budget it charged stays spent"
     )]
-    ReservationCommitted { id: i64, request_id: String },
+    ReservationCommitted {
+        /// The reservation's ledger row id.
+        id: i64,
+        /// The reservation's request id.
+        request_id: String,
+    },
 }
 
 pub use crate::calendar::{is_valid_period, period_of};

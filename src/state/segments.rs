@@ -94,20 +94,29 @@ CREATE TABLE segment (
 pub struct Seal {
     /// 1 for the first segment, then +1.
     pub segment: u64,
+    /// Sequence number of the segment's first entry.
     pub first_seq: u64,
+    /// Sequence number of the segment's last entry; the live chain
+    /// continues at `last_seq + 1`.
     pub last_seq: u64,
     /// Hash the segment's first entry links to.
     pub prev_hash: String,
     /// Hash of its last entry: the live chain (or the next segment)
     /// continues from it.
     pub head_hash: String,
+    /// Number of audit entries in the segment.
     pub entries: u64,
+    /// Earliest entry time in the segment, in milliseconds since the Unix
+    /// epoch (the entries' `time_ms`).
     pub first_time_ms: i64,
+    /// Latest entry time in the segment, in milliseconds since the Unix
+    /// epoch.
     pub last_time_ms: i64,
     /// File name inside [`SEGMENTS_DIR`].
     pub file: String,
     /// SHA-256 (lower-case hex) of the file.
     pub sha256: String,
+    /// When the seal was made: RFC 3339 UTC with microseconds.
     pub sealed_at: String,
 }
 

@@ -45,18 +45,27 @@ pub struct RecordKeyInfo {
 pub enum Provenance {
     /// Synthetic data from `agregat generate`.
     Generator {
+        /// The producing program and version (`agregat 0.1.0`).
         tool: String,
+        /// The run seed (`--seed`): the same seed and options give the same
+        /// snapshot.
         seed: u64,
+        /// `--region` as given: a Kemendagri code prefix or `all`.
         region: String,
         /// `--people` as given; `None` means the reference population.
         people: Option<u64>,
+        /// Rows per Parquet row group of the `penduduk` files.
         rows_per_row_group: usize,
     },
     /// Real data imported from a register CSV export with `agregat import`.
     Import {
+        /// The producing program and version (`agregat 0.1.0`).
         tool: String,
+        /// File name of the imported CSV export (without its directory).
         source_file: String,
+        /// SHA-256 of the CSV file's bytes, lowercase hex.
         source_sha256: String,
+        /// Data rows of the CSV export (header excluded).
         source_rows: u64,
     },
 }

@@ -61,34 +61,54 @@ pub enum SnapshotError {
     #[error(
         "snapshot directory '{dir}' does not exist; list the warehouse directory to see available snapshots"
     )]
-    NotFound { dir: PathBuf },
+    NotFound {
+        /// The snapshot directory asked for.
+        dir: PathBuf,
+    },
     /// The directory has no `manifest.json`.
     #[error(
         "'{dir}' has no manifest.json, so it is not a snapshot; create snapshots with `agregat generate` or `agregat import`"
     )]
-    ManifestMissing { dir: PathBuf },
+    ManifestMissing {
+        /// The directory opened as a snapshot.
+        dir: PathBuf,
+    },
     /// `manifest.json` could not be parsed.
     #[error("manifest '{path}' is invalid: {detail}")]
-    ManifestInvalid { path: PathBuf, detail: String },
+    ManifestInvalid {
+        /// Path of the `manifest.json`.
+        path: PathBuf,
+        /// The JSON parser's message.
+        detail: String,
+    },
     /// The manifest was written for another `penduduk` schema version.
     #[error(
         "manifest '{path}' has schema version {found}, this agregat reads version {expected}; rebuild the snapshot with this version"
     )]
     SchemaVersion {
+        /// Path of the `manifest.json`.
         path: PathBuf,
+        /// The manifest's `schema_version`.
         found: u32,
+        /// The version this build reads (`catalog::SCHEMA_VERSION`).
         expected: u32,
     },
     /// A file listed in the manifest is absent.
     #[error("snapshot file '{file}' listed in the manifest is missing")]
-    FileMissing { file: String },
+    FileMissing {
+        /// Path of the file relative to the snapshot root (`/` separators).
+        file: String,
+    },
     /// A file's size differs from the manifest.
     #[error(
         "snapshot file '{file}' is {actual} bytes, the manifest says {expected}; the file was truncated or replaced"
     )]
     SizeMismatch {
+        /// Path of the file relative to the snapshot root (`/` separators).
         file: String,
+        /// Size in bytes per the manifest.
         expected: u64,
+        /// Size in bytes on disk.
         actual: u64,
     },
     /// A file's SHA-256 differs from the manifest.
@@ -96,46 +116,73 @@ pub enum SnapshotError {
         "snapshot file '{file}' has SHA-256 {actual}, the manifest says {expected}; the file was altered"
     )]
     ChecksumMismatch {
+        /// Path of the file relative to the snapshot root (`/` separators).
         file: String,
+        /// SHA-256 per the manifest, lowercase hex.
         expected: String,
+        /// SHA-256 of the file on disk, lowercase hex.
         actual: String,
     },
     /// A file in the snapshot directory is not listed in the manifest.
     #[error(
         "snapshot file '{file}' is not listed in the manifest; remove it, since queries would read it"
     )]
-    UnlistedFile { file: String },
+    UnlistedFile {
+        /// Path of the file relative to the snapshot root (`/` separators).
+        file: String,
+    },
     /// A Parquet file is unreadable or its columns or row count differ from
     /// what is expected.
     #[error("snapshot file '{file}' does not have the expected schema: {detail}")]
-    SchemaDrift { file: String, detail: String },
+    SchemaDrift {
+        /// Path of the file relative to the snapshot root (`/` separators).
+        file: String,
+        /// What differs: unreadable, row count, or missing/extra columns.
+        detail: String,
+    },
     /// The `penduduk` files together do not hold the manifest's `row_count`.
     #[error("snapshot '{id}' holds {actual} rows, the manifest says {expected}")]
     RowCount {
+        /// The snapshot id.
         id: String,
+        /// The manifest's `row_count`.
         expected: u64,
+        /// Rows the `penduduk` files hold, per their manifest entries.
         actual: u64,
     },
     /// The output directory of a new snapshot already exists.
     #[error(
         "'{path}' already exists; choose a new snapshot directory (snapshots are never overwritten)"
     )]
-    OutputExists { path: PathBuf },
+    OutputExists {
+        /// The output directory given.
+        path: PathBuf,
+    },
     /// A snapshot id that is empty, too long, starts with `.`, or holds
     /// characters other than letters, digits, `-`, `_` and `.`.
     #[error(
         "'{id}' is not a valid snapshot id; use letters, digits, '-', '_' and '.', e.g. 'dkb-2026-s1'"
     )]
-    BadId { id: String },
+    BadId {
+        /// The rejected id (or the output path it would come from).
+        id: String,
+    },
     /// An I/O error on a path.
     #[error("I/O error on '{path}': {source}")]
     Io {
+        /// The file or directory the operation was on.
         path: PathBuf,
+        /// The operating system's error.
         source: std::io::Error,
     },
     /// A Parquet error reading or writing a file.
     #[error("Parquet error in '{file}': {source}")]
-    Parquet { file: String, source: ParquetError },
+    Parquet {
+        /// Path of the file relative to the snapshot root (`/` separators).
+        file: String,
+        /// The Parquet library's error.
+        source: ParquetError,
+    },
     /// An Arrow error building record batches.
     #[error("Arrow error: {0}")]
     Arrow(#[from] ArrowError),

@@ -3,7 +3,7 @@
 //! and the grid can be checked against independently computed counts.
 #![allow(dead_code)] // each test crate uses only some of these
 
-pub mod server;
+pub(crate) mod server;
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -13,13 +13,13 @@ use agregat::protect::{Method, Protection, SparsityRule};
 use agregat::query::{Engine, EngineConfig};
 use agregat::warehouse::{Snapshot, Verify};
 
-pub struct Sample {
-    pub rt: tokio::runtime::Runtime,
-    pub engine: Engine,
+pub(crate) struct Sample {
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) engine: Engine,
 }
 
 /// The engine over `data-samples/dkb-2026-s1`, opened once per test binary.
-pub fn sample() -> &'static Sample {
+pub(crate) fn sample() -> &'static Sample {
     static S: OnceLock<Sample> = OnceLock::new();
     S.get_or_init(|| {
         let rt = tokio::runtime::Runtime::new().unwrap();
@@ -33,7 +33,7 @@ pub fn sample() -> &'static Sample {
 
 /// Identity ptable, k = 1, no sparsity refusal: true values, for tests of
 /// the gate only. Agreement files cannot configure this.
-pub fn true_values() -> Protection {
+pub(crate) fn true_values() -> Protection {
     let ptable = PTable::from_csv(
         "cell_value,cell_key,perturbation\n0,0,0\n1,0,0\n2,0,0\n",
         "identity",
@@ -54,7 +54,7 @@ pub fn true_values() -> Protection {
 /// The interpreter with pyarrow and polars: `$AGREGAT_PYTHON` (set by
 /// `.ci/run`, which installs them in a venv), else `python3`; `None`
 /// where neither can import both.
-pub fn python() -> Option<String> {
+pub(crate) fn python() -> Option<String> {
     let candidates: Vec<String> = std::env::var("AGREGAT_PYTHON")
         .ok()
         .into_iter()

@@ -2198,3 +2198,84 @@ async fn cell_key_queries_outside_a_table_are_refused() {
         accepted.join("\n")
     );
 }
+
+// ---------------------------------------------------------------------
+// Run-time errors as an oracle
+// ---------------------------------------------------------------------
+
+/// An expression that fails only on the rows a `CASE` lets through would
+/// answer "is the target's religion v?" by success or failure, without
+/// noise. Each form below is the error a branch could raise (a cast of
+/// text, a division by zero, a negative substring length, an overflowing
+/// abs(), a literal cast that fails); the attacker reads only the status
+/// and the refusal code, for every religion, and picks the odd one out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_time_errors_are_no_oracle() {
+    let tr = truth();
+    let s = red_server().await;
+    let t0 = Instant::now();
+    let prior = tr.prior("agama");
+    let targets = &tr.targets[..10];
+    let base = tr.base(targets, |t| tr.attr(t, "agama").to_string());
+    type ErrorForm = (&'static str, fn(&str) -> String);
+    let forms: [ErrorForm; 5] = [
+        ("cast of text", |c| {
+            format!("CASE WHEN {c} THEN CAST(golongan_darah AS INT) ELSE 0 END = 0")
+        }),
+        ("division by zero", |c| {
+            format!("1 / CASE WHEN {c} THEN 0 ELSE 1 END = 1")
+        }),
+        ("negative substring length", |c| {
+            format!("CASE WHEN {c} THEN substr(agama, 1, -1) ELSE 'a' END = 'a'")
+        }),
+        ("abs overflow", |c| {
+            format!(
+                "abs(CASE WHEN {c} THEN -9223372036854775807 - 1 ELSE 0 END + tahun(tanggal_lahir) * 0) >= 0"
+            )
+        }),
+        ("failing literal cast", |c| {
+            format!("CASE WHEN {c} THEN CAST('x' AS INT) ELSE 0 END = 0")
+        }),
+    ];
+    let mut scores: Vec<Score> = forms
+        .iter()
+        .map(|(name, _)| Score::new(format!("run-time error oracle, {name}"), base))
+        .collect();
+    let mut accepted = Vec::new();
+    for t in targets {
+        for ((_, form), score) in forms.iter().zip(scores.iter_mut()) {
+            let mut sigs = Vec::new();
+            for v in &prior {
+                let sql = format!(
+                    "SELECT COUNT(*) AS n FROM penduduk WHERE kode_kel = '{}' AND {}",
+                    t.kel,
+                    form(&format!("{} AND agama = '{v}'", tp(t)))
+                );
+                let r = post(&s, CK, &sql).await;
+                if r.refused() {
+                    score.refusal(&r);
+                } else {
+                    accepted.push(sql.clone());
+                }
+                sigs.push((v.clone(), format!("{} {}", r.status, r.code())));
+            }
+            let odd = odd_ones(&sigs);
+            score.record(
+                choose(&prior, &odd, &[]) == tr.attr(t, "agama"),
+                odd.len() == 1,
+            );
+        }
+    }
+    eprintln!("run-time error oracle: {:.1} s", t0.elapsed().as_secs_f64());
+    s.stop().await;
+    for score in &scores {
+        assert_eq!(
+            score.codes.keys().collect::<Vec<_>>(),
+            ["expression_may_fail"],
+            "{}: every form is refused before any data is read, whatever the target",
+            score.name
+        );
+    }
+    assert!(accepted.is_empty(), "accepted: {accepted:?}");
+    verdict(&scores);
+}

@@ -10,7 +10,7 @@ use agregat::service::{AppState, ManualClock, RunningServer, ServiceConfig, star
 use chrono::{DateTime, Utc};
 
 /// The token of a test agreement: `agt_test_<id>`.
-pub fn token(id: &str) -> String {
+pub(crate) fn token(id: &str) -> String {
     format!("agt_test_{id}")
 }
 
@@ -19,7 +19,7 @@ fn sha(token: &str) -> String {
 }
 
 /// Elements of a broad agreement (no protected element).
-pub const BROAD: &[&str] = &[
+pub(crate) const BROAD: &[&str] = &[
     "jenis_kelamin",
     "tanggal_lahir",
     "agama",
@@ -36,17 +36,17 @@ pub const BROAD: &[&str] = &[
 ];
 
 /// One agreement file.
-pub struct Pks<'a> {
-    pub id: &'a str,
-    pub stage: &'a str,
-    pub elements: &'a [&'a str],
-    pub minister: &'a [&'a str],
-    pub scope: &'a [&'a str],
-    pub valid_from: &'a str,
-    pub valid_until: &'a str,
-    pub rpm: u32,
+pub(crate) struct Pks<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) stage: &'a str,
+    pub(crate) elements: &'a [&'a str],
+    pub(crate) minister: &'a [&'a str],
+    pub(crate) scope: &'a [&'a str],
+    pub(crate) valid_from: &'a str,
+    pub(crate) valid_until: &'a str,
+    pub(crate) rpm: u32,
     /// The `[protection]` table body.
-    pub protection: &'a str,
+    pub(crate) protection: &'a str,
 }
 
 impl Default for Pks<'_> {
@@ -66,7 +66,7 @@ impl Default for Pks<'_> {
 }
 
 impl Pks<'_> {
-    pub fn toml(&self) -> String {
+    pub(crate) fn toml(&self) -> String {
         let list = |v: &[&str]| {
             v.iter()
                 .map(|s| format!("\"{s}\""))
@@ -90,7 +90,7 @@ impl Pks<'_> {
 }
 
 /// The standard test agreements.
-pub fn standard_agreements() -> Vec<Pks<'static>> {
+pub(crate) fn standard_agreements() -> Vec<Pks<'static>> {
     vec![
         Pks::default(),
         Pks {
@@ -138,13 +138,13 @@ pub fn standard_agreements() -> Vec<Pks<'static>> {
 }
 
 /// A directory with the warehouse, the policy and the state.
-pub struct Env {
-    pub dir: tempfile::TempDir,
-    pub config: ServiceConfig,
+pub(crate) struct Env {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) config: ServiceConfig,
 }
 
 impl Env {
-    pub fn new(agreements: &[Pks<'_>]) -> Env {
+    pub(crate) fn new(agreements: &[Pks<'_>]) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let warehouse = dir.path().join("warehouse");
@@ -182,12 +182,12 @@ impl Env {
         Env { dir, config }
     }
 
-    pub fn policy_dir(&self) -> PathBuf {
+    pub(crate) fn policy_dir(&self) -> PathBuf {
         self.config.policy.clone()
     }
 
     /// Writes the config as an `agregat.toml` (for the binary).
-    pub fn write_config(&self) -> PathBuf {
+    pub(crate) fn write_config(&self) -> PathBuf {
         let c = &self.config;
         let path = self.dir.path().join("agregat.toml");
         let text = format!(
@@ -219,25 +219,25 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// 2026-11-28 10:00 WIB.
-pub fn default_time() -> DateTime<Utc> {
+pub(crate) fn default_time() -> DateTime<Utc> {
     "2026-11-28T03:00:00Z".parse().unwrap()
 }
 
-pub struct Server {
-    pub env: Env,
-    pub clock: Arc<ManualClock>,
-    pub running: Option<RunningServer>,
-    pub base: String,
-    pub http: reqwest::Client,
+pub(crate) struct Server {
+    pub(crate) env: Env,
+    pub(crate) clock: Arc<ManualClock>,
+    pub(crate) running: Option<RunningServer>,
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
 }
 
 impl Server {
-    pub async fn start(env: Env) -> Server {
+    pub(crate) async fn start(env: Env) -> Server {
         Server::start_at(env, default_time()).await
     }
 
     /// With the clock set to `now` (the policy is loaded as of that day).
-    pub async fn start_at(env: Env, now: DateTime<Utc>) -> Server {
+    pub(crate) async fn start_at(env: Env, now: DateTime<Utc>) -> Server {
         let clock = Arc::new(ManualClock::new(now));
         let state = AppState::open(env.config.clone(), clock.clone())
             .await
@@ -253,20 +253,20 @@ impl Server {
         }
     }
 
-    pub async fn standard() -> Server {
+    pub(crate) async fn standard() -> Server {
         Server::start(Env::new(&standard_agreements())).await
     }
 
-    pub fn state(&self) -> &Arc<AppState> {
+    pub(crate) fn state(&self) -> &Arc<AppState> {
         &self.running.as_ref().unwrap().state
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
     /// POST /v1/query as agreement `id` with `sql`.
-    pub async fn query(&self, id: &str, sql: &str) -> reqwest::Response {
+    pub(crate) async fn query(&self, id: &str, sql: &str) -> reqwest::Response {
         self.http
             .post(self.url("/v1/query"))
             .bearer_auth(token(id))
@@ -276,7 +276,7 @@ impl Server {
             .unwrap()
     }
 
-    pub async fn get(&self, id: &str, path: &str) -> reqwest::Response {
+    pub(crate) async fn get(&self, id: &str, path: &str) -> reqwest::Response {
         self.http
             .get(self.url(path))
             .bearer_auth(token(id))
@@ -285,7 +285,7 @@ impl Server {
             .unwrap()
     }
 
-    pub async fn stop(mut self) -> Env {
+    pub(crate) async fn stop(mut self) -> Env {
         if let Some(r) = self.running.take() {
             r.stop().await.unwrap();
         }
@@ -295,7 +295,7 @@ impl Server {
 
 /// The problem document of a response, after checking its status and
 /// media type.
-pub async fn problem(resp: reqwest::Response, status: u16) -> serde_json::Value {
+pub(crate) async fn problem(resp: reqwest::Response, status: u16) -> serde_json::Value {
     let got = resp.status().as_u16();
     let ctype = resp
         .headers()
@@ -313,7 +313,7 @@ pub async fn problem(resp: reqwest::Response, status: u16) -> serde_json::Value 
 
 /// Status of `GET {base}/v1/budget` with `token`: 200 when the token is
 /// accepted, 401 when the service does not know it.
-pub async fn token_status(http: &reqwest::Client, base: &str, token: &str) -> u16 {
+pub(crate) async fn token_status(http: &reqwest::Client, base: &str, token: &str) -> u16 {
     http.get(format!("{base}/v1/budget"))
         .bearer_auth(token)
         .send()
@@ -324,7 +324,7 @@ pub async fn token_status(http: &reqwest::Client, base: &str, token: &str) -> u1
 }
 
 /// Checks `condition` every 100 ms for up to 5 s (policy reloads).
-pub async fn eventually<F: std::future::Future<Output = bool>>(
+pub(crate) async fn eventually<F: std::future::Future<Output = bool>>(
     mut condition: impl FnMut() -> F,
 ) -> bool {
     for _ in 0..50 {
