@@ -11,6 +11,13 @@
 //! inserts are checked too) and refuses the rest before any data is read,
 //! saying what to write instead (`TRY_CAST`, a literal divisor, `CASE`).
 //!
+//! This is the second wall. The first is the result grid
+//! (`execute::grid`): the same plan runs first over every combination of
+//! the public domains of the columns used, so an expression that would fail
+//! on some person's values fails there, whatever the data. This check
+//! covers a value a domain might miss, and says what to write instead
+//! where DataFusion's own error would not.
+//!
 //! Expressions above the aggregate (`HAVING`, `ORDER BY`, arithmetic on
 //! the released values) see only protected values and are not checked
 //! here. Subqueries read the public reference tables only (the validator
