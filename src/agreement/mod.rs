@@ -17,7 +17,7 @@ use chrono::NaiveDate;
 
 use serde::Deserialize;
 
-use crate::catalog::{self, RegionScope, UnknownRegion};
+use crate::catalog::{self, RegionScope};
 use crate::protect::Protection;
 
 pub mod policy;
@@ -90,15 +90,6 @@ pub enum AgreementError {
         id: String,
         /// The listed column, a catalog element that is not protected.
         column: String,
-    },
-    /// The agreement's region scope names a region that is not a
-    /// Kemendagri region.
-    #[error("agreement '{id}': {source}")]
-    Region {
-        /// The agreement's id.
-        id: String,
-        /// The code that was not found, with a hint of codes nearby.
-        source: UnknownRegion,
     },
     /// A `[limits]` value of 0, which would refuse every query.
     #[error(

@@ -350,7 +350,7 @@ pub enum PTableError {
     },
     /// The lines for one cell value leave some cell keys uncovered.
     #[error(
-        "ptable '{name}' line {line}: the lines for cell_value {cell_value} (from line {line}) do not cover keys {keys}; every row must cover keys 0-{last_key}: add lines for the missing keys"
+        "ptable '{name}': the lines for cell_value {cell_value} (from line {line}) do not cover keys {keys}; every row must cover keys 0-{last_key}: add lines for the missing keys"
     )]
     MissingKeys {
         /// The table's name, as given to [`PTable::from_csv`].

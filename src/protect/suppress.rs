@@ -167,8 +167,9 @@ impl fmt::Display for SuppressSummary {
     }
 }
 
-/// The name of the column [`suppress_csv`] appends.
-pub const SUPPRESSION_COLUMN: &str = "suppression";
+/// The name of the column [`suppress_csv`] appends: the same column the
+/// released tables carry.
+pub use super::SUPPRESSION_COLUMN;
 
 /// Errors of [`suppress`] and [`suppress_csv`]: malformed input or a pattern
 /// that cannot be made safe.

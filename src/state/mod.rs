@@ -583,7 +583,7 @@ pub enum StateError {
     },
     /// Creating, reading or making private a state file or directory
     /// failed.
-    #[error("cannot create or make private the state file or directory {}: {source}; check that it is owned by the service's user, or fix its permissions", path.display())]
+    #[error("cannot create, read or make private the state file or directory {}: {source}; check that it exists and is owned by the service's user, or fix its permissions", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
@@ -639,7 +639,7 @@ pub enum StateError {
         got: String,
     },
     /// An audit entry or refusal count the caller built is not valid.
-    #[error("invalid audit entry: {field} {detail}; fix the caller that builds the entry")]
+    #[error("invalid audit record: {field} {detail}; fix the caller that builds the entry or the refusal count")]
     InvalidEntry {
         /// The offending field (`time`, `agreement`, ...), or `refusal count`.
         field: &'static str,

@@ -397,8 +397,11 @@ impl Snapshot {
         } else if f.path == format!("{REFERENCE_DIR}/kode_referensi.parquet") {
             writer::kode_referensi_schema()
         } else {
-            return Err(SnapshotError::UnlistedFile {
+            return Err(SnapshotError::SchemaDrift {
                 file: f.path.clone(),
+                detail: format!(
+                    "the manifest lists it, but a snapshot holds only {PENDUDUK_DIR}/**.parquet, {REFERENCE_DIR}/wilayah.parquet and {REFERENCE_DIR}/kode_referensi.parquet; remove it from the manifest and the directory"
+                ),
             });
         };
         let actual = reader.schema();
