@@ -29,6 +29,7 @@
 //! unauthenticated_per_address_per_minute = 120  # then 429 before authentication
 //! lifetime_privacy_loss = 5.0     # per-person zCDP ρ ceiling, all agreements, all periods
 //! min_free_disk_mb = 512          # below this free on the state's filesystem: /readyz and /v1 answer 503
+//! audit_segment_entries = 1000000  # live audit entries sealed into a read-only segment (0: only `agregat audit seal`)
 //! ```
 //!
 //! At a connection cap, the longest idle connection is closed to admit the
@@ -92,6 +93,11 @@ pub struct ServiceLimits {
     /// it `/readyz` answers 503 and `/v1` requests are refused with 503
     /// `disk_low` before anything is written (see [`super::disk`]).
     pub min_free_disk_mb: u64,
+    /// Live audit entries after which the service seals them into a
+    /// read-only segment by itself (checked every 10 s; `0`: only
+    /// `agregat audit seal` seals). Keeps the live database small; the
+    /// chain, `audit verify` and the report span the segments.
+    pub audit_segment_entries: u64,
 }
 
 impl Default for ServiceLimits {
@@ -112,6 +118,7 @@ impl Default for ServiceLimits {
             unauthenticated_per_address_per_minute: 120,
             lifetime_privacy_loss: 5.0,
             min_free_disk_mb: 512,
+            audit_segment_entries: 1_000_000,
         }
     }
 }

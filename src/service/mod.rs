@@ -410,12 +410,28 @@ fn spawn_policy_watch(state: Arc<AppState>) {
     });
 }
 
-/// Writes the unauthenticated refusals of every completed minute.
+/// Writes the unauthenticated refusals of every completed minute, and
+/// seals the live audit chain into a segment once it holds
+/// `audit_segment_entries` entries.
 fn spawn_refusal_flush(state: Arc<AppState>) {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(10)).await;
             refusals::flush(&state, false).await;
+            let store = Arc::clone(&state.store);
+            let entries = state.config.limits.audit_segment_entries;
+            match tokio::task::spawn_blocking(move || store.seal_when_over(entries)).await {
+                Ok(Ok(Some(seal))) => eprintln!(
+                    "agregat: sealed audit entries {}..={} ({} entries) into {}",
+                    seal.first_seq,
+                    seal.last_seq,
+                    seal.entries,
+                    seal.relative_path()
+                ),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => eprintln!("agregat: the audit log could not be sealed: {e}"),
+                Err(e) => eprintln!("agregat: the audit sealing task failed: {e}"),
+            }
         }
     });
 }

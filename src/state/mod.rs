@@ -114,6 +114,11 @@ pub trait StateStore: Send + Sync {
     /// Recomputes every hash and checks every link of the audit chain.
     fn verify(&self) -> Result<ChainReport, StateError>;
 
+    /// Seals the live chain into a read-only segment (see [`segments`])
+    /// once it holds at least `entries` entries; `0` never seals. `None`
+    /// when nothing was sealed.
+    fn seal_when_over(&self, entries: u64) -> Result<Option<Seal>, StateError>;
+
     /// Adds counts of unauthenticated refusals: a row per minute, client
     /// address and code, its count increased when the row exists (so a
     /// minute flushed in parts adds up).
@@ -639,7 +644,9 @@ pub enum StateError {
         got: String,
     },
     /// An audit entry or refusal count the caller built is not valid.
-    #[error("invalid audit record: {field} {detail}; fix the caller that builds the entry or the refusal count")]
+    #[error(
+        "invalid audit record: {field} {detail}; fix the caller that builds the entry or the refusal count"
+    )]
     InvalidEntry {
         /// The offending field (`time`, `agreement`, ...), or `refusal count`.
         field: &'static str,

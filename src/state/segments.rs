@@ -383,6 +383,15 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
 }
 
 impl SqliteStore {
+    /// Entries in the live chain (not yet sealed).
+    pub fn live_entries(&self) -> Result<u64, StateError> {
+        let n: i64 = self
+            .lock()
+            .query_row("SELECT COUNT(*) FROM audit_log", [], |r| r.get(0))
+            .map_err(sq("counting the live audit entries"))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// Every recorded seal, oldest first.
     pub fn seals(&self) -> Result<Vec<Seal>, StateError> {
         seals(&self.lock())

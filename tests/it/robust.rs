@@ -223,6 +223,41 @@ async fn monitoring_report_reads_across_segments() {
     s.stop().await;
 }
 
+/// With `audit_segment_entries` set, the service seals the live chain by
+/// itself (checked every 10 s), keeps appending from the seal's head, and
+/// the whole log still verifies and reads as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_seals_the_audit_log_by_itself() {
+    let mut env = Env::new(&standard_agreements());
+    env.config.limits.audit_segment_entries = 3;
+    let s = Server::start(env).await;
+    for _ in 0..4 {
+        assert_eq!(s.query("uji", COUNT_BY_KEC).await.status(), 200);
+    }
+    let state_dir = s.env.config.state.clone();
+    let store = SqliteStore::open_read_only(state_dir.join("state.sqlite")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let seals = loop {
+        let seals = store.seals().unwrap();
+        if !seals.is_empty() || Instant::now() > deadline {
+            break seals;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(seals.len(), 1, "one seal within 30 s");
+    assert_eq!((seals[0].first_seq, seals[0].last_seq), (1, 4));
+    assert!(state_dir.join(seals[0].relative_path()).is_file());
+    assert_eq!(s.query("uji", COUNT_BY_KEC).await.status(), 200);
+    let all = s.state().store.entries(None, None).unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert_eq!(all[4].prev_hash, seals[0].head_hash);
+    assert!(s.state().store.verify().unwrap().is_ok());
+    s.stop().await;
+}
+
 /// Reads until the peer closes; the bytes read and when.
 async fn read_until_closed(
     s: &mut tokio::net::TcpStream,

@@ -296,6 +296,12 @@ impl agregat::state::StateStore for AuditDown {
     fn verify(&self) -> Result<agregat::state::ChainReport, agregat::state::StateError> {
         self.0.verify()
     }
+    fn seal_when_over(
+        &self,
+        entries: u64,
+    ) -> Result<Option<agregat::state::Seal>, agregat::state::StateError> {
+        self.0.seal_when_over(entries)
+    }
     fn entries(
         &self,
         from: Option<&str>,
