@@ -17,9 +17,8 @@
 #
 # Side by side: AGREGAT_BINS="system=target/debug/agregat mimalloc=/path/to/agregat-mimalloc"
 # (name=binary pairs); by default only the build in the target directory.
-# A binary with mimalloc as the global allocator is built from a copy of
-# the source with the one `#[global_allocator]` line added (see the README,
-# "Hostile load: measured").
+# A binary with mimalloc as the global allocator: `cargo build --features
+# mimalloc`, copied aside (see the README, "Hostile load: measured").
 #
 # Also measured, once per binary: audit DB growth per 10,000
 # unauthenticated (wrong-token) requests, and how long a client that
@@ -146,14 +145,28 @@ for pair in $AGREGAT_BINS; do
   python3 - "$port" <<'PY'
 import http.client, sys, threading
 port = int(sys.argv[1])
+seen, lock = {}, threading.Lock()
 def worker(n):
-    c = http.client.HTTPConnection("127.0.0.1", port)
+    # Every request is sent: a connection the server closes (its limit
+    # before authentication) is opened again, and counted as "closed".
+    c = None
     for _ in range(n):
-        c.request("POST", "/v1/query", body=b'{"sql":"SELECT 1"}',
-                  headers={"Authorization": "Bearer agt_wrong", "Content-Type": "application/json"})
-        c.getresponse().read()
+        try:
+            if c is None:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            c.request("POST", "/v1/query", body=b'{"sql":"SELECT 1"}',
+                      headers={"Authorization": "Bearer agt_wrong", "Content-Type": "application/json"})
+            r = c.getresponse(); r.read(); what = str(r.status)
+        except (OSError, http.client.HTTPException):
+            what = "closed"
+            if c is not None:
+                c.close()
+            c = None
+        with lock:
+            seen[what] = seen.get(what, 0) + 1
 ts = [threading.Thread(target=worker, args=(1250,)) for _ in range(8)]
 [t.start() for t in ts]; [t.join() for t in ts]
+print("answers:", ", ".join(f"{v} x {k}" for k, v in sorted(seen.items())))
 PY
   stop  # the counts are written at shutdown
   after=$(du -cb "$db"* | tail -1 | cut -f1)
