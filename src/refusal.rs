@@ -75,6 +75,10 @@ codes! {
     /// `umur_pada()` is given a date other than 1 July of a school year or the
     /// snapshot's reference date.
     AgeReferenceDateNotAllowed => "age_reference_date_not_allowed",
+    /// Under the cell-key method, an age band width or an age reference
+    /// year outside the fixed classifications (widths 1, 5 and 10; 1 July of
+    /// the snapshot's school years).
+    AgeClassificationNotAllowed => "age_classification_not_allowed",
     /// An aggregate the gate does not approve (ordered aggregates), or SUM/AVG
     /// where the protection method cannot release it (cell-key, or a SUM without a
     /// count of the same cells).

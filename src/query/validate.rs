@@ -69,6 +69,19 @@ const ALLOWED_FUNCTIONS: &[&str] = &[
     "ceil",
 ];
 
+/// Largest magnitude of a SUM/AVG bound: 285 million people times it stays
+/// far below 2^63, so a sum never wraps (a wrapped sum would move by 2^64
+/// for one person, not by the bound the privacy charge assumes).
+pub const MAX_SUM_BOUND: f64 = 1e9;
+
+/// Band widths of `kelompok_umur` under the cell-key method: the fixed age
+/// classifications (width 1 is the single years, the same groups as
+/// `umur`). Bands of any width (or on any reference year) would
+/// let the caller make many age groups that differ by one birth cohort,
+/// and since each group of people gets its own noise, differences of such
+/// tables, averaged, single out the cohort (its emptiness exactly).
+pub const CELL_KEY_BAND_WIDTHS: [i64; 3] = [1, 5, 10];
+
 /// Functions refused in the post-plan too: their output can be made
 /// arbitrarily large (memory) or slow from a short query.
 const EXPANDING_FUNCTIONS: &[&str] = &["repeat", "lpad", "rpad", "overlay", "replace", "translate"];
@@ -282,6 +295,9 @@ impl ValidatedPlan {
 
 struct Walk {
     as_of: i32,
+    /// Cell-key: ages only in the fixed classifications
+    /// ([`CELL_KEY_BAND_WIDTHS`], the snapshot's school years).
+    fixed_classifications: bool,
     penduduk_scans: usize,
     columns: BTreeSet<&'static str>,
     age_dates: BTreeSet<i32>,
@@ -383,6 +399,79 @@ fn plan_reads(plan: &LogicalPlan, table: &str) -> bool {
     found
 }
 
+/// Month-day distance (days, either way round the year) below which a
+/// school-year date and the snapshot's reference date are aligned under
+/// the cell-key method ([`align_age_dates`]).
+const ALIGN_WITHIN_DAYS: i64 = 90;
+
+/// Under the cell-key method, one split of birthdays per year. Ages on
+/// 1 July and ages on the snapshot's reference date (`umur`) split the
+/// year at two days; when those are close (a snapshot of 30 June), tables
+/// of both kinds differ only by the people born between them, and their
+/// difference names them (born on 1 July: the exact birth date). So when
+/// the reference date lies within [`ALIGN_WITHIN_DAYS`] of 1 July, every
+/// `umur_pada(d, DATE 'Y-07-01')` is taken on the reference date's day of
+/// year Y instead (30 June: a person born on 1 July counts one year
+/// younger), with the output column names unchanged.
+pub(crate) fn align_age_dates(plan: LogicalPlan, as_of: i32) -> Result<LogicalPlan, QueryError> {
+    use datafusion::common::tree_node::Transformed;
+    use datafusion::logical_expr::expr_rewriter::NamePreserver;
+    let reference = days_to_date(as_of);
+    let Some(july) = chrono::NaiveDate::from_ymd_opt(reference.year(), 7, 1) else {
+        return Ok(plan);
+    };
+    let gap = (july - reference).num_days().rem_euclid(365);
+    if gap.min(365 - gap) >= ALIGN_WITHIN_DAYS {
+        return Ok(plan);
+    }
+    let aligned = |on: i32| -> Option<i32> {
+        let d = days_to_date(on);
+        if (d.month(), d.day()) != (7, 1) {
+            return None;
+        }
+        chrono::NaiveDate::from_ymd_opt(d.year(), reference.month(), reference.day())
+            .or_else(|| chrono::NaiveDate::from_ymd_opt(d.year(), reference.month(), 28))
+            .map(date_to_days)
+    };
+    let rewrite = |e: Expr| -> datafusion::common::Result<Transformed<Expr>> {
+        e.transform_up(|e| match &e {
+            Expr::ScalarFunction(f) if f.name() == UMUR_PADA && f.args.len() == 2 => {
+                match literal_date(&f.args[1]).and_then(aligned) {
+                    Some(on) => {
+                        let mut f = f.clone();
+                        f.args[1] = Expr::Literal(ScalarValue::Date32(Some(on)), None);
+                        Ok(Transformed::yes(Expr::ScalarFunction(f)))
+                    }
+                    None => Ok(Transformed::no(e)),
+                }
+            }
+            _ => Ok(Transformed::no(e)),
+        })
+    };
+    plan.transform_up_with_subqueries(|node| {
+        let names = NamePreserver::new(&node);
+        let node = node.map_expressions(|e| {
+            let saved = names.save(&e);
+            rewrite(e).map(|t| t.update_data(|e| saved.restore(e)))
+        })?;
+        if node.transformed {
+            node.map_data(|p| p.recompute_schema())
+        } else {
+            Ok(node)
+        }
+    })
+    .map(|t| t.data)
+    .map_err(|e| {
+        QueryError::new(
+            Code::PlanError,
+            format!(
+                "the ages on 1 July could not be aligned with the snapshot's reference date: {}",
+                super::error::clean_message(&e)
+            ),
+        )
+    })
+}
+
 pub(super) fn literal_date(e: &Expr) -> Option<i32> {
     match e {
         Expr::Literal(ScalarValue::Date32(Some(d)), _) => Some(*d),
@@ -469,6 +558,18 @@ impl Walk {
                                 format!(
                                     "kelompok_umur band width {w} is out of range; use 1 to {} years, e.g. 5",
                                     super::udf::MAX_BAND_WIDTH
+                                ),
+                            );
+                        }
+                        if let Some(w) = width
+                            && self.fixed_classifications
+                            && !CELL_KEY_BAND_WIDTHS.contains(&(w as i64))
+                        {
+                            return reject(
+                                Code::AgeClassificationNotAllowed,
+                                format!(
+                                    "kelompok_umur band width {w} is not one of the fixed age classifications of the cell-key method ({}); tables over bands of any width could be differenced to single out people born in one year, so use 5 or 10 (1 is single years)",
+                                    CELL_KEY_BAND_WIDTHS.map(|w| w.to_string()).join(", ")
                                 ),
                             );
                         }
@@ -667,12 +768,31 @@ impl Walk {
                     );
                 };
                 let date = days_to_date(on);
-                if !((date.month() == 7 && date.day() == 1) || on == self.as_of) {
+                let reference = days_to_date(self.as_of);
+                // Under cell-key, 1 July may have been aligned with the
+                // reference date's day of the year (`align_age_dates`).
+                let aligned = self.fixed_classifications
+                    && (date.month(), date.day()) == (reference.month(), reference.day());
+                if !((date.month() == 7 && date.day() == 1) || on == self.as_of || aligned) {
                     return reject(
                         Code::AgeReferenceDateNotAllowed,
                         format!(
                             "umur_pada() takes 1 July of a school year (e.g. DATE '{}-07-01') or the snapshot's reference date ({}), not {date}; ages on other days could be combined to narrow birth dates",
                             days_to_date(self.as_of).year(),
+                            days_to_date(self.as_of)
+                        ),
+                    );
+                }
+                let year = days_to_date(self.as_of).year();
+                if self.fixed_classifications
+                    && on != self.as_of
+                    && !(year..=year + 1).contains(&date.year())
+                {
+                    return reject(
+                        Code::AgeClassificationNotAllowed,
+                        format!(
+                            "under the cell-key method umur_pada() takes 1 July of the snapshot's school years, DATE '{year}-07-01' or DATE '{}-07-01' (or the snapshot's reference date {}), not {date}; ages on other years shift every age group, and tables over shifted groups could be differenced to single out people born in one year",
+                            year + 1,
                             days_to_date(self.as_of)
                         ),
                     );
@@ -1086,6 +1206,26 @@ impl Walk {
                         ),
                     );
                 };
+                if lo == 0.0 && hi == 0.0 {
+                    return reject(
+                        Code::SumNeedsBounds,
+                        format!(
+                            "{}({}) is always 0, so there is nothing to protect or release; count the rows with COUNT(*) instead",
+                            name.to_uppercase(),
+                            arg.schema_name()
+                        ),
+                    );
+                }
+                if lo.abs().max(hi.abs()) > MAX_SUM_BOUND {
+                    return reject(
+                        Code::SumNeedsBounds,
+                        format!(
+                            "{}({}) has bounds [{lo}, {hi}]; values beyond ±{MAX_SUM_BOUND} could overflow the sum over a whole register, which the privacy accounting would not see; sum smaller values (ages, years, codes) or count with COUNT(*)",
+                            name.to_uppercase(),
+                            arg.schema_name()
+                        ),
+                    );
+                }
                 self.columns.extend(f.columns.iter().copied());
                 Ok(if name == "sum" {
                     AggregateKind::Sum { lo, hi }
@@ -1132,6 +1272,7 @@ pub fn validate(
     refuse_reserved_names(plan)?;
     let mut w = Walk {
         as_of,
+        fixed_classifications: !agreement.protection().is_dp(),
         penduduk_scans: 0,
         columns: BTreeSet::new(),
         age_dates: BTreeSet::new(),
