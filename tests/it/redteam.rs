@@ -2391,7 +2391,7 @@ async fn age_groups_one_cohort_apart_are_no_oracle() {
             }
         }
         for (kel, sex, c) in &targets {
-            let truly_empty = counts.get(&(kel.clone(), sex.clone(), *c)).is_none();
+            let truly_empty = !counts.contains_key(&(kel.clone(), sex.clone(), *c));
             empties += usize::from(truly_empty);
             let (pairs, differ) = seen
                 .get(&(kel.clone(), sex.clone()))
