@@ -112,6 +112,14 @@ impl Truth {
     }
 }
 
+/// The religion attack's setup: the prior (commonest first), the first ten
+/// targets, and how many of them the commonest religion gets right.
+fn religion_of_ten(tr: &Truth) -> (Vec<String>, &[Target], usize) {
+    let targets = &tr.targets[..10];
+    let base = tr.base(targets, |t| tr.attr(t, "agama").to_string());
+    (tr.prior("agama"), targets, base)
+}
+
 fn truth() -> &'static Truth {
     static T: OnceLock<Truth> = OnceLock::new();
     T.get_or_init(|| std::thread::spawn(load_truth).join().unwrap())
@@ -1295,9 +1303,7 @@ async fn the_sparsity_rule_is_no_oracle() {
     let tr = truth();
     let s = red_server().await;
     let t0 = Instant::now();
-    let prior = tr.prior("agama");
-    let targets = &tr.targets[..10];
-    let base = tr.base(targets, |t| tr.attr(t, "agama").to_string());
+    let (prior, targets, base) = religion_of_ten(tr);
     let mut single = Score::new("sparsity oracle, one-cell table per religion", base);
     let mut regional = Score::new(
         "sparsity oracle, region-first pair with/without age A",
@@ -2218,9 +2224,7 @@ async fn run_time_errors_are_no_oracle() {
     let tr = truth();
     let s = red_server().await;
     let t0 = Instant::now();
-    let prior = tr.prior("agama");
-    let targets = &tr.targets[..10];
-    let base = tr.base(targets, |t| tr.attr(t, "agama").to_string());
+    let (prior, targets, base) = religion_of_ten(tr);
     type ErrorForm = (&'static str, fn(&str) -> String);
     let forms: [ErrorForm; 5] = [
         ("cast of text", |c| {
