@@ -173,6 +173,22 @@ pub(crate) fn dimension(e: &Expr) -> Option<String> {
     }
 }
 
+/// Whether a restriction selects exactly one category (`kode_kec =
+/// '61.71.01'`, `agama IN ('ISLAM')`): its total is then that category's
+/// group of people, the same whatever else the query asks.
+fn selects_one_category(r: &Restriction) -> bool {
+    use datafusion::logical_expr::{BinaryExpr, Operator};
+    r.conditions.iter().any(|c| match c {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq,
+            right,
+        }) => is_literal(left) != is_literal(right),
+        Expr::InList(l) => !l.negated && l.list.len() == 1 && is_literal(&l.list[0]),
+        _ => false,
+    })
+}
+
 fn is_literal(e: &Expr) -> bool {
     match e {
         Expr::Literal(..) => true,
@@ -393,6 +409,29 @@ pub(crate) fn compile(
             .map(|set| set.iter().map(index).collect())
             .collect(),
     };
+    // No margin over a restricted variable: its total over the categories
+    // the caller selected is a group of people chosen per query, and two
+    // selections that differ by one category (ages x..y and x+1..y, a
+    // religion more or less) give two such totals whose difference,
+    // averaged over many selections, is that category's exact count.
+    // Margins over the variables that are not restricted add up fixed
+    // groups and stay.
+    for (name, r) in &restrictions {
+        if !selects_one_category(r)
+            && grouping_sets
+                .iter()
+                .any(|set| r.shown_by.iter().all(|i| !set.contains(i)))
+        {
+            return refuse(
+                format!(
+                    "the table has a total over {name}, which the WHERE clause restricts to the categories it selects"
+                ),
+                &format!(
+                    "ask for the total without the condition on {name} (totals over all its categories are fixed groups), or keep {name} in every grouping set and add the rows up yourself"
+                ),
+            );
+        }
+    }
 
     // Measures: COUNT(*) and COUNT(DISTINCT no_kk), without FILTER.
     let mut measures = Vec::with_capacity(aggregates.len());
