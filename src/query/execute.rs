@@ -133,11 +133,6 @@ fn plan_and_validate(
                     sql,
                     agreement.limits().max_sql_bytes,
                 ))?;
-                let plan = if agreement.protection().is_dp() {
-                    plan
-                } else {
-                    super::validate::align_age_dates(plan, engine.as_of_days())?
-                };
                 let validated = validate(&plan, agreement, engine.as_of_days())?;
                 super::total::check(engine, validated.0.plan())?;
                 Ok(validated)

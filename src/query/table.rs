@@ -416,11 +416,14 @@ pub(crate) fn compile(
     // averaged over many selections, is that category's exact count.
     // Margins over the variables that are not restricted add up fixed
     // groups and stay.
+    // A coarser form of the variable (kode_kab of selected kelurahan, a
+    // 10-year band of a selected age range) totals a chosen group just the
+    // same: every dimension showing the variable must be in every set.
     for (name, r) in &restrictions {
         if !selects_one_category(r)
             && grouping_sets
                 .iter()
-                .any(|set| r.shown_by.iter().all(|i| !set.contains(i)))
+                .any(|set| r.shown_by.iter().any(|i| !set.contains(i)))
         {
             return refuse(
                 format!(

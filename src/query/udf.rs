@@ -127,7 +127,29 @@ impl ScalarUDFImpl for Umur {
 /// `umur_pada(date, on)`: age on a given date.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct UmurPada {
+    /// The snapshot's reference date as (month, day) when it lies within
+    /// [`ALIGN_WITHIN_DAYS`] of 1 July: ages on 1 July are then taken on
+    /// that day of the year, so that the year is split at one day only.
+    align: Option<(u32, u32)>,
     signature: Signature,
+}
+
+/// Month-day distance below which 1 July is aligned with the snapshot's
+/// reference date ([`UmurPada`]). Ages on 1 July and on a reference date
+/// of 30 June split birthdays a day apart: two tables, one of each,
+/// differ exactly in the cells of the people born on 1 July, naming their
+/// birth date. Aligned, someone born on 1 July counts a year younger on
+/// 1 July, and no table tells the two days apart.
+pub const ALIGN_WITHIN_DAYS: i64 = 90;
+
+/// The (month, day) 1 July is aligned with on a snapshot with reference
+/// date `as_of`, if any.
+pub fn july_alignment(as_of: i32) -> Option<(u32, u32)> {
+    let reference = days_to_date(as_of);
+    let july = chrono::NaiveDate::from_ymd_opt(reference.year(), 7, 1)?;
+    let gap = (july - reference).num_days().rem_euclid(365);
+    (gap.min(365 - gap) < ALIGN_WITHIN_DAYS && (reference.month(), reference.day()) != (7, 1))
+        .then_some((reference.month(), reference.day()))
 }
 
 impl ScalarUDFImpl for UmurPada {
@@ -141,8 +163,19 @@ impl ScalarUDFImpl for UmurPada {
         Ok(DataType::Int32)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let align = self.align;
         dates_to_ints(&args.args, args.number_rows, |b, on| {
-            let a = age_on(b, on.expect("two arguments"));
+            let mut on = on.expect("two arguments");
+            if let Some((month, day)) = align {
+                let d = days_to_date(on);
+                if (d.month(), d.day()) == (7, 1)
+                    && let Some(aligned) = chrono::NaiveDate::from_ymd_opt(d.year(), month, day)
+                        .or_else(|| chrono::NaiveDate::from_ymd_opt(d.year(), month, 28))
+                {
+                    on = crate::calendar::date_to_days(aligned);
+                }
+            }
+            let a = age_on(b, on);
             (a >= 0).then_some(a.min(MAX_AGE))
         })
     }
@@ -270,6 +303,7 @@ pub fn coarsening_udfs(as_of: i32) -> Vec<ScalarUDF> {
             signature: one_date(),
         }),
         ScalarUDF::new_from_impl(UmurPada {
+            align: july_alignment(as_of),
             signature: Signature::exact(
                 vec![DataType::Date32, DataType::Date32],
                 Volatility::Immutable,

@@ -399,79 +399,6 @@ fn plan_reads(plan: &LogicalPlan, table: &str) -> bool {
     found
 }
 
-/// Month-day distance (days, either way round the year) below which a
-/// school-year date and the snapshot's reference date are aligned under
-/// the cell-key method ([`align_age_dates`]).
-const ALIGN_WITHIN_DAYS: i64 = 90;
-
-/// Under the cell-key method, one split of birthdays per year. Ages on
-/// 1 July and ages on the snapshot's reference date (`umur`) split the
-/// year at two days; when those are close (a snapshot of 30 June), tables
-/// of both kinds differ only by the people born between them, and their
-/// difference names them (born on 1 July: the exact birth date). So when
-/// the reference date lies within [`ALIGN_WITHIN_DAYS`] of 1 July, every
-/// `umur_pada(d, DATE 'Y-07-01')` is taken on the reference date's day of
-/// year Y instead (30 June: a person born on 1 July counts one year
-/// younger), with the output column names unchanged.
-pub(crate) fn align_age_dates(plan: LogicalPlan, as_of: i32) -> Result<LogicalPlan, QueryError> {
-    use datafusion::common::tree_node::Transformed;
-    use datafusion::logical_expr::expr_rewriter::NamePreserver;
-    let reference = days_to_date(as_of);
-    let Some(july) = chrono::NaiveDate::from_ymd_opt(reference.year(), 7, 1) else {
-        return Ok(plan);
-    };
-    let gap = (july - reference).num_days().rem_euclid(365);
-    if gap.min(365 - gap) >= ALIGN_WITHIN_DAYS {
-        return Ok(plan);
-    }
-    let aligned = |on: i32| -> Option<i32> {
-        let d = days_to_date(on);
-        if (d.month(), d.day()) != (7, 1) {
-            return None;
-        }
-        chrono::NaiveDate::from_ymd_opt(d.year(), reference.month(), reference.day())
-            .or_else(|| chrono::NaiveDate::from_ymd_opt(d.year(), reference.month(), 28))
-            .map(date_to_days)
-    };
-    let rewrite = |e: Expr| -> datafusion::common::Result<Transformed<Expr>> {
-        e.transform_up(|e| match &e {
-            Expr::ScalarFunction(f) if f.name() == UMUR_PADA && f.args.len() == 2 => {
-                match literal_date(&f.args[1]).and_then(aligned) {
-                    Some(on) => {
-                        let mut f = f.clone();
-                        f.args[1] = Expr::Literal(ScalarValue::Date32(Some(on)), None);
-                        Ok(Transformed::yes(Expr::ScalarFunction(f)))
-                    }
-                    None => Ok(Transformed::no(e)),
-                }
-            }
-            _ => Ok(Transformed::no(e)),
-        })
-    };
-    plan.transform_up_with_subqueries(|node| {
-        let names = NamePreserver::new(&node);
-        let node = node.map_expressions(|e| {
-            let saved = names.save(&e);
-            rewrite(e).map(|t| t.update_data(|e| saved.restore(e)))
-        })?;
-        if node.transformed {
-            node.map_data(|p| p.recompute_schema())
-        } else {
-            Ok(node)
-        }
-    })
-    .map(|t| t.data)
-    .map_err(|e| {
-        QueryError::new(
-            Code::PlanError,
-            format!(
-                "the ages on 1 July could not be aligned with the snapshot's reference date: {}",
-                super::error::clean_message(&e)
-            ),
-        )
-    })
-}
-
 pub(super) fn literal_date(e: &Expr) -> Option<i32> {
     match e {
         Expr::Literal(ScalarValue::Date32(Some(d)), _) => Some(*d),
@@ -768,12 +695,7 @@ impl Walk {
                     );
                 };
                 let date = days_to_date(on);
-                let reference = days_to_date(self.as_of);
-                // Under cell-key, 1 July may have been aligned with the
-                // reference date's day of the year (`align_age_dates`).
-                let aligned = self.fixed_classifications
-                    && (date.month(), date.day()) == (reference.month(), reference.day());
-                if !((date.month() == 7 && date.day() == 1) || on == self.as_of || aligned) {
+                if !((date.month() == 7 && date.day() == 1) || on == self.as_of) {
                     return reject(
                         Code::AgeReferenceDateNotAllowed,
                         format!(
