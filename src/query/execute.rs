@@ -756,8 +756,9 @@ fn margin_estimates(
     let sizes: Vec<usize> = (0..dims.len()).map(|j| distinct(j, None)).collect();
     // The population a margin's cells count: the restrictions on variables
     // the margin sums over. A restriction on a variable the margin shows
-    // only chooses which of its cells exist (conservatively: such margins
-    // are counted together, so the memory may refuse early, never late).
+    // only chooses which of its cells exist; a total over a restricted
+    // variable (or a coarser form of it), which would be a chosen group,
+    // is refused before this by the table rule (`table::compile`).
     let universe_of = |names: &[String]| -> String {
         let mut shown: BTreeSet<String> = BTreeSet::new();
         for n in names {
