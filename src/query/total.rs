@@ -30,7 +30,7 @@ use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, LogicalPlan, Ope
 
 use super::engine::Engine;
 use super::error::{Code, QueryError, clean_message};
-use super::udf::{KELOMPOK_UMUR, TAHUN, UMUR, UMUR_PADA};
+use super::udf::{KELOMPOK_UMUR, TAHUN, UMUR, UMUR_PADA, WAJIB_KTP};
 
 /// Largest literal position, length or digit count accepted where a
 /// function argument must be a literal.
@@ -339,7 +339,7 @@ fn check_function(
     match name {
         // Total on every value: ours return NULL outside their domain, the
         // text functions and comparisons cannot fail on any string.
-        UMUR | UMUR_PADA | TAHUN | KELOMPOK_UMUR | "wajib_ktp" | "upper" | "lower" | "trim"
+        UMUR | UMUR_PADA | TAHUN | KELOMPOK_UMUR | WAJIB_KTP | "upper" | "lower" | "trim"
         | "btrim" | "ltrim" | "rtrim" | "starts_with" | "ends_with" | "length" | "char_length"
         | "character_length" | "coalesce" | "nullif" | "floor" | "ceil" => Ok(()),
         "abs" => match args.first().and_then(type_of) {

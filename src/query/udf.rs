@@ -163,21 +163,42 @@ impl ScalarUDFImpl for UmurPada {
         Ok(DataType::Int32)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let align = self.align;
+        let mut args = args;
+        // The reference date is a literal: aligned once, not per row.
+        let literal_on = match &args.args.get(1) {
+            Some(ColumnarValue::Scalar(ScalarValue::Date32(Some(on)))) => Some(*on),
+            _ => None,
+        };
+        if let Some(on) = literal_on {
+            args.args[1] = ColumnarValue::Scalar(ScalarValue::Date32(Some(self.aligned(on))));
+        }
         dates_to_ints(&args.args, args.number_rows, |b, on| {
-            let mut on = on.expect("two arguments");
-            if let Some((month, day)) = align {
-                let d = days_to_date(on);
-                if (d.month(), d.day()) == (7, 1)
-                    && let Some(aligned) = chrono::NaiveDate::from_ymd_opt(d.year(), month, day)
-                        .or_else(|| chrono::NaiveDate::from_ymd_opt(d.year(), month, 28))
-                {
-                    on = crate::calendar::date_to_days(aligned);
-                }
-            }
+            let on = on.expect("two arguments");
+            let on = if literal_on.is_some() {
+                on
+            } else {
+                self.aligned(on)
+            };
             let a = age_on(b, on);
             (a >= 0).then_some(a.min(MAX_AGE))
         })
+    }
+}
+
+impl UmurPada {
+    /// The day ages are taken on for `on`: 1 July moved to the reference
+    /// date's day of that year when [`july_alignment`] says so.
+    fn aligned(&self, on: i32) -> i32 {
+        let Some((month, day)) = self.align else {
+            return on;
+        };
+        let d = days_to_date(on);
+        if (d.month(), d.day()) != (7, 1) {
+            return on;
+        }
+        chrono::NaiveDate::from_ymd_opt(d.year(), month, day)
+            .or_else(|| chrono::NaiveDate::from_ymd_opt(d.year(), month, 28))
+            .map_or(on, crate::calendar::date_to_days)
     }
 }
 

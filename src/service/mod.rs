@@ -413,7 +413,7 @@ fn spawn_policy_watch(state: Arc<AppState>) {
 /// Writes the unauthenticated refusals of every completed minute, and
 /// seals the live audit chain into a segment once it holds
 /// `audit_segment_entries` entries.
-fn spawn_refusal_flush(state: Arc<AppState>) {
+fn spawn_housekeeping(state: Arc<AppState>) {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(10)).await;
@@ -472,7 +472,7 @@ pub async fn start(state: Arc<AppState>) -> Result<RunningServer, ServiceError> 
     let addr = listener.local_addr().map_err(ServiceError::Serve)?;
     spawn_policy_watch(Arc::clone(&state));
     let (tx, rx) = tokio::sync::watch::channel(false);
-    spawn_refusal_flush(Arc::clone(&state));
+    spawn_housekeeping(Arc::clone(&state));
     let cfg = state.connection_limits();
     let served = Arc::clone(&state);
     let task = tokio::spawn(async move {

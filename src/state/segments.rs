@@ -383,11 +383,17 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
 }
 
 impl SqliteStore {
-    /// Entries in the live chain (not yet sealed).
+    /// Entries in the live chain (not yet sealed). Their sequence numbers
+    /// are contiguous, so the span of the primary key counts them without
+    /// a scan (the check runs every 10 s beside the appends).
     pub fn live_entries(&self) -> Result<u64, StateError> {
         let n: i64 = self
             .lock()
-            .query_row("SELECT COUNT(*) FROM audit_log", [], |r| r.get(0))
+            .query_row(
+                "SELECT COALESCE(MAX(seq) - MIN(seq) + 1, 0) FROM audit_log",
+                [],
+                |r| r.get(0),
+            )
             .map_err(sq("counting the live audit entries"))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }

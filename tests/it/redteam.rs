@@ -526,6 +526,16 @@ impl Score {
         *self.codes.entry(r.code().to_string()).or_default() += 1;
     }
 
+    /// Whether both replies of a pair are answers; refusals are counted.
+    fn both_answered(&mut self, a: &Reply, b: &Reply) -> bool {
+        for r in [a, b] {
+            if r.refused() {
+                self.refusal(r);
+            }
+        }
+        a.ok() && b.ok()
+    }
+
     fn report(&self) {
         eprintln!(
             "{}: {}/{} correct, base rate {}/{}, singled out {} ({} right), refused {} {:?}",
@@ -2366,12 +2376,7 @@ async fn age_groups_one_cohort_apart_are_no_oracle() {
                     )
                 };
                 let (ra, rb) = (post(&s, CK, &table(a)).await, post(&s, CK, &table(b)).await);
-                if !(ra.ok() && rb.ok()) {
-                    for r in [&ra, &rb] {
-                        if r.refused() {
-                            score.refusal(r);
-                        }
-                    }
+                if !score.both_answered(&ra, &rb) {
                     continue;
                 }
                 answered += 1;
@@ -2529,12 +2534,7 @@ async fn totals_over_chosen_age_ranges_are_no_oracle() {
                 post(&s, CK, &total(x, *a)).await,
                 post(&s, CK, &total(x, a - 1)).await,
             );
-            if !(with.ok() && without.ok()) {
-                for r in [&with, &without] {
-                    if r.refused() {
-                        score.refusal(r);
-                    }
-                }
+            if !score.both_answered(&with, &without) {
                 continue;
             }
             answered += 1;
